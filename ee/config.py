@@ -1,0 +1,262 @@
+"""The one schema of a grid file, validated once, with every problem reported.
+
+A grid file is YAML. `experiment:` holds the axes (each a list; the sweep is
+their cartesian product); the other sections hold settings shared by every
+experiment. Each problem names the file, the key path and the bad value, and
+all problems are reported together, before anything is written.
+
+The resolved per-experiment `config.yaml` uses the same sections with scalar
+axis values, and is read back through `load_experiment_config` with the same
+checks, so the job runs exactly what was validated.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from osmi_ee.ee.profiles import Profile, load_profile
+from osmi_ee.osmi.specs import MODEL_NAMES
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TIME_RE = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")  # Slurm's [D-]HH:MM:SS
+SERVER_KINDS = ("auto", "osmi", "tfserving")
+AXES = ("model", "servers", "clients", "batch", "gpu", "repeat")  # order = id order
+
+
+class GridError(ValueError):
+    """A grid or config file is invalid; `problems` lists every problem found."""
+
+    def __init__(self, source: Path | str, problems: list[str]):
+        self.source = str(source)
+        self.problems = problems
+        super().__init__("\n".join(f"{self.source}: {p}" for p in problems))
+
+
+# --------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class Measure:
+    warmup_requests: int = 5  # per client, before the measured window; never counted
+    requests: int | None = 100  # per client in the measured window ...
+    duration_s: float | None = None  # ... or measure for this long instead
+    timeout_s: float = 60.0  # deadline of one request; a late answer is a failure
+    min_backend_share: float = 0.5  # each backend must get >= this x its fair share
+    seed: int = 0  # input data seed (inputs are made before the timed loop)
+
+
+@dataclass(frozen=True)
+class Serve:
+    server: str = "auto"  # auto: tensorflow_model_server if on PATH, else osmi-model-server
+    models_dir: str = "build/models"  # exported SavedModels: <models_dir>/<model>/<version>/
+    intra_op_threads: int = 0  # per server; 0 = TensorFlow's default
+    startup_timeout_s: float = 180.0  # servers + balancer must be ready within this
+
+
+@dataclass(frozen=True)
+class Job:
+    time: str = "00:30:00"  # Slurm wall-time limit of one experiment
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A validated grid: axes to sweep plus the shared settings."""
+
+    name: str
+    profile: Profile
+    axes: dict[str, list[Any]]
+    measure: Measure
+    serve: Serve
+    job: Job
+    source: Path
+
+    def settings(self) -> dict[str, Any]:
+        """The shared sections as plain data (what every config.yaml repeats)."""
+        return {"measure": asdict(self.measure), "serve": asdict(self.serve), "job": asdict(self.job)}
+
+
+# --------------------------------------------------------------------- checking
+
+
+class _Checker:
+    """Collects problems while reading nested YAML data, keyed by dotted path."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def bad(self, key: str, value: Any, why: str) -> None:
+        self.problems.append(f"{key}: {why} (got {value!r})")
+
+    def section(self, data: Mapping[str, Any], key: str) -> dict[str, Any]:
+        value = data.get(key, {})
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.bad(key, value, "must be a mapping")
+            return {}
+        return dict(value)
+
+    def unknown(self, data: Mapping[str, Any], known: Any, prefix: str = "") -> None:
+        for key in data:
+            if key not in known:
+                self.bad(f"{prefix}{key}", data[key], f"unknown key; known keys: {', '.join(known)}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _fill(checker: _Checker, cls: type, data: dict[str, Any], prefix: str,
+          rules: dict[str, tuple[Callable[[Any], bool], str]]) -> Any:
+    """Builds dataclass `cls` from `data`, checking each given key with its rule."""
+    known = list(cls.__dataclass_fields__)
+    checker.unknown(data, known, prefix)
+    values = {}
+    for key in known:
+        if key not in data:
+            continue
+        value = data[key]
+        check, why = rules[key]
+        if not check(value):
+            checker.bad(prefix + key, value, why)
+            continue
+        values[key] = float(value) if why.startswith("a number") and value is not None else value
+    return cls(**values)
+
+
+_positive_int = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+_MEASURE_RULES = {
+    "warmup_requests": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "requests": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or null"),
+    "duration_s": (lambda v: v is None or (_is_number(v) and v > 0), "a number > 0 or null"),
+    "timeout_s": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "min_backend_share": (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),
+    "seed": (_is_int, "an integer"),
+}
+_SERVE_RULES = {
+    "server": (lambda v: v in SERVER_KINDS, f"one of {', '.join(SERVER_KINDS)}"),
+    "models_dir": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty path"),
+    "intra_op_threads": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "startup_timeout_s": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+}
+_JOB_RULES = {"time": (lambda v: isinstance(v, str) and bool(TIME_RE.match(v)),
+                       'a quoted Slurm time "[D-]HH:MM:SS"')}
+
+
+def _check_measure(checker: _Checker, data: dict[str, Any]) -> Measure:
+    measure = _fill(checker, Measure, data, "measure.", _MEASURE_RULES)
+    if data.get("duration_s") is not None:
+        # A duration replaces the count, unless the user set both on purpose.
+        if data.get("requests") is not None:
+            checker.bad("measure.requests", data["requests"],
+                        "set either measure.requests or measure.duration_s, not both")
+        measure = Measure(**{**asdict(measure), "requests": None})
+    elif measure.requests is None:
+        checker.bad("measure.requests", None, "needs measure.requests or measure.duration_s")
+    return measure
+
+
+def _check_axes(checker: _Checker, data: Any, profile: Profile, scalar: bool) -> dict[str, list[Any]]:
+    """Axis name -> list of values (a one-element list when `scalar`)."""
+    if not isinstance(data, Mapping) or not data:
+        checker.bad("experiment", data, "must be a mapping of axes, e.g. model: [small_lstm]")
+        return {}
+    checker.unknown(data, AXES, "experiment.")
+    defaults: dict[str, list[Any]] = {"servers": [1], "clients": [1], "batch": [1],
+                                      "gpu": [next(iter(profile.gpus))], "repeat": [1]}
+    axes: dict[str, list[Any]] = {}
+    for axis in AXES:
+        if axis not in data:
+            if axis == "model":
+                checker.bad("experiment.model", None, f"required; one or more of {', '.join(MODEL_NAMES)}")
+            else:
+                axes[axis] = defaults[axis]
+            continue
+        raw = data[axis]
+        values = raw if isinstance(raw, list) and not scalar else [raw]
+        key = f"experiment.{axis}"
+        if not values:
+            checker.bad(key, raw, "needs at least one value")
+            continue
+        if len(set(map(repr, values))) != len(values):
+            checker.bad(key, raw, "lists a value twice")
+        for value in values:
+            if axis == "model" and value not in MODEL_NAMES:
+                checker.bad(key, value, f"unknown model; known models: {', '.join(MODEL_NAMES)}")
+            elif axis == "gpu" and value not in profile.gpus:
+                checker.bad(key, value, f"GPU type not in profile {profile.name!r}; "
+                                        f"it has: {', '.join(profile.gpus)}")
+            elif axis in ("servers", "clients", "batch", "repeat") and not _positive_int[0](value):
+                checker.bad(key, value, "must be an integer >= 1")
+        axes[axis] = values
+    return axes
+
+
+# --------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise GridError(path, [f"cannot read: {exc.strerror}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise GridError(path, [f"not valid YAML: {exc}"]) from None
+
+
+def _parse(data: Any, source: Path, scalar_axes: bool, profiles_dir: Path | None,
+           extra_keys: tuple[str, ...] = ()) -> Grid:
+    if not isinstance(data, Mapping):
+        raise GridError(source, ["top level must be a mapping with at least `name` and `experiment`"])
+    checker = _Checker()
+    top_keys = ("name", "description", "profile", "experiment", "measure", "serve", "job") + extra_keys
+    checker.unknown(data, top_keys)
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        checker.bad("name", name, "required; letters, digits, '.', '_' or '-', at most 64")
+    profile_name = data.get("profile", "localhost")
+    try:
+        profile = load_profile(profile_name, profiles_dir)
+    except (KeyError, ValueError) as exc:
+        checker.bad("profile", profile_name, str(exc).strip("'\""))
+        profile = load_profile("localhost", profiles_dir)
+    axes = _check_axes(checker, data.get("experiment"), profile, scalar_axes)
+    measure = _check_measure(checker, checker.section(data, "measure"))
+    serve = _fill(checker, Serve, checker.section(data, "serve"), "serve.", _SERVE_RULES)
+    job = _fill(checker, Job, checker.section(data, "job"), "job.", _JOB_RULES)
+    if checker.problems:
+        raise GridError(source, checker.problems)
+    return Grid(name=name, profile=profile, axes=axes, measure=measure, serve=serve,
+                job=job, source=source)
+
+
+def load_grid(path: Path | str, profiles_dir: Path | None = None) -> Grid:
+    """Reads and validates a grid file; raises GridError listing every problem."""
+    source = Path(path)
+    return _parse(_read_yaml(source), source, scalar_axes=False, profiles_dir=profiles_dir)
+
+
+def load_experiment_config(path: Path | str) -> tuple[Grid, dict[str, Any], dict[str, Any]]:
+    """Reads a generated per-experiment config.yaml with the same checks.
+
+    Returns (grid with one value per axis, the experiment's axis values, the
+    whole raw mapping, which also holds the `ee` and `sweep` blocks).
+    """
+    source = Path(path)
+    data = _read_yaml(source)
+    # `ee` (cloudmesh-ee's identifier block) and `sweep` are written by generate.
+    grid = _parse(data, source, scalar_axes=True, profiles_dir=None, extra_keys=("ee", "sweep"))
+    params = {axis: values[0] for axis, values in grid.axes.items()}
+    return grid, params, data

@@ -1,0 +1,61 @@
+"""Grid -> experiments: the cartesian product of the axes, with stable ids.
+
+The product itself is cloudmesh-ee's (`ExperimentExecutor.permutation_generator`).
+We hand it typed YAML lists directly: its string form (`Parameter.expand`)
+would turn numbers into strings and drop repeated values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from osmi_ee.ee.config import AXES, Grid
+
+_SLUG_PREFIX = {"servers": "s", "clients": "c", "batch": "b", "repeat": "r"}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One point of the grid: its axis values and everything it shares."""
+
+    id: str
+    params: dict[str, Any]
+    grid: Grid
+
+    def config(self) -> dict[str, Any]:
+        """The resolved config.yaml content (same schema, scalar axes)."""
+        return {
+            "name": self.grid.name,
+            "profile": self.grid.profile.as_dict(),
+            "experiment": dict(self.params),
+            **self.grid.settings(),
+        }
+
+
+def permutations(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of axis values; the first axis varies slowest."""
+    from cloudmesh.ee.experimentexecutor import ExperimentExecutor
+
+    return ExperimentExecutor.permutation_generator(axes)
+
+
+def experiment_id(params: dict[str, Any], settings: dict[str, Any]) -> str:
+    """Readable slug of the axis values plus a short hash of the whole config.
+
+    The hash makes two sweeps of the same point with other settings distinct,
+    and the same config always maps to the same directory (safe re-generate).
+    """
+    parts = [f"{_SLUG_PREFIX.get(axis, '')}{params[axis]}" for axis in AXES]
+    slug = "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", part) for part in parts)
+    digest = hashlib.sha1(json.dumps([params, settings], sort_keys=True).encode()).hexdigest()[:6]
+    return f"{slug}-{digest}"
+
+
+def expand(grid: Grid) -> list[Experiment]:
+    settings = grid.settings()
+    return [Experiment(id=experiment_id(p, settings), params=p, grid=grid)
+            for p in permutations(grid.axes)]

@@ -1,0 +1,150 @@
+"""The only place that names files: every path of a sweep and its experiments.
+
+    <sweep>/sweep.json                       the grid as validated + experiment ids
+    <sweep>/jobs.json                        scheduler job ids per experiment (submit)
+    <sweep>/dataset.csv|.parquet, plots/     written by analyze
+    <sweep>/<id>/config.yaml                 resolved config of one experiment
+    <sweep>/<id>/job.slurm                   rendered job script (runs under Slurm or bash)
+    <sweep>/<id>/status                      one word: running | valid | invalid | failed
+    <sweep>/<id>/logs/                       job, server-<k>, haproxy, client-<k> logs
+    <sweep>/<id>/results/                    summary.json, requests-client<k>.parquet, env.json ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def job_script(self) -> Path:
+        return self.root / "job.slurm"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def summary(self) -> Path:
+        return self.results / "summary.json"
+
+    @property
+    def env(self) -> Path:
+        return self.results / "env.json"
+
+    @property
+    def model_config(self) -> Path:
+        return self.results / "models.config"
+
+    @property
+    def haproxy_config(self) -> Path:
+        return self.results / "haproxy.cfg"
+
+    @property
+    def backends(self) -> Path:
+        return self.results / "backends.json"
+
+    @property
+    def barrier(self) -> Path:
+        """Clients report ready here and wait for the `go` file (works across nodes)."""
+        return self.results / "barrier"
+
+    @property
+    def job_log(self) -> Path:
+        return self.logs / "job.out"
+
+    def server_log(self, k: int) -> Path:
+        return self.logs / f"server-{k}.log"
+
+    @property
+    def haproxy_log(self) -> Path:
+        return self.logs / "haproxy.log"
+
+    def client_log(self, k: int) -> Path:
+        return self.logs / f"client-{k}.log"
+
+    def client_records(self, k: int) -> Path:
+        return self.results / f"requests-client{k}.parquet"
+
+    def client_summary(self, k: int) -> Path:
+        return self.results / f"client-{k}.json"
+
+    def read_status(self) -> str | None:
+        try:
+            return self.status.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    root: Path
+
+    @property
+    def sweep(self) -> Path:
+        return self.root / "sweep.json"
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs.json"
+
+    @property
+    def dataset_csv(self) -> Path:
+        return self.root / "dataset.csv"
+
+    @property
+    def dataset_parquet(self) -> Path:
+        return self.root / "dataset.parquet"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    def experiment(self, experiment_id: str) -> ExperimentPaths:
+        return ExperimentPaths(self.root / experiment_id)
+
+    def experiment_ids(self) -> list[str]:
+        return list(json.loads(self.sweep.read_text())["experiments"])
+
+
+def default_sweep_dir(grid_name: str) -> Path:
+    """runs/<grid name> under $OSMI_EE_RUNS (default: ./runs)."""
+    return Path(os.environ.get("OSMI_EE_RUNS", "runs")) / grid_name
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Writes via a temp file in the same folder and a rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

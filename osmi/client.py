@@ -1,0 +1,247 @@
+"""One OSMI client process: closed-loop Predict calls, every request recorded.
+
+Lean by design: no TensorFlow import (TF-Serving's messages come from
+osmi_ee.osmi.protos), inputs are made and serialized before the timed loop,
+each response is checked (dtype, shape, size) and dropped at once, so memory
+stays bounded at any batch size. The client records; it does not judge: the
+job runner computes throughput and validity from all clients' records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from osmi_ee.osmi import protos
+from osmi_ee.osmi.specs import INPUT_NAME, MODEL_NAMES, OUTPUT_NAME, SIGNATURE_NAME, get_spec
+
+MAX_MESSAGE_BYTES = 2**31 - 1
+BAD_RESPONSE = 100  # our code for "answered OK but with the wrong tensor"
+WARMUP, MEASURED = 0, 1
+INPUT_POOL = 4  # distinct request payloads, cycled, so no layer can cache one answer
+
+
+@dataclass
+class Records:
+    """Per-request columns in preallocated, growable numpy arrays."""
+
+    capacity: int
+    size: int = 0
+    phase: np.ndarray = field(init=False)
+    start_ns: np.ndarray = field(init=False)
+    latency_ns: np.ndarray = field(init=False)
+    code: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.phase = np.zeros(self.capacity, np.int8)
+        self.start_ns = np.zeros(self.capacity, np.int64)
+        self.latency_ns = np.zeros(self.capacity, np.int64)
+        self.code = np.zeros(self.capacity, np.int16)
+
+    def add(self, phase: int, start_ns: int, latency_ns: int, code: int) -> None:
+        if self.size == self.capacity:
+            self.capacity *= 2
+            for name in ("phase", "start_ns", "latency_ns", "code"):
+                old = getattr(self, name)
+                new = np.zeros(self.capacity, old.dtype)
+                new[: self.size] = old
+                setattr(self, name, new)
+        i = self.size
+        self.phase[i], self.start_ns[i], self.latency_ns[i], self.code[i] = phase, start_ns, latency_ns, code
+        self.size += 1
+
+    def write_parquet(self, path: Path, client: int) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        n = self.size
+        table = pa.table({
+            "client": pa.array(np.full(n, client, np.int32)),
+            "seq": pa.array(np.arange(n, dtype=np.int32)),
+            "phase": pa.array(self.phase[:n]),
+            "start_ns": pa.array(self.start_ns[:n]),
+            "latency_ns": pa.array(self.latency_ns[:n]),
+            "code": pa.array(self.code[:n]),
+        })
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+
+
+def build_requests(model: str, batch: int, seed: int, count: int = INPUT_POOL) -> list[bytes]:
+    """Serialized PredictRequests with random float32 inputs of the model's shape."""
+    spec = get_spec(model)
+    rng = np.random.default_rng(seed)
+    requests = []
+    for _ in range(count):
+        data = rng.random((batch, *spec.input_shape), dtype=np.float32)
+        request = protos.PredictRequest()
+        request.model_spec.name = model
+        request.model_spec.signature_name = SIGNATURE_NAME
+        tensor = request.inputs[INPUT_NAME]
+        tensor.dtype = protos.DT_FLOAT
+        for size in data.shape:
+            tensor.tensor_shape.dim.add(size=size)
+        tensor.tensor_content = data.tobytes()
+        requests.append(request.SerializeToString())
+    return requests
+
+
+class ResponseChecker:
+    """Checks an answer has the model's output tensor at the right dtype and shape."""
+
+    def __init__(self, model: str, batch: int):
+        spec = get_spec(model)
+        self.dims = [batch, *spec.output_shape]
+        self.nbytes = batch * spec.output_bytes_per_sample
+        self.count = self.nbytes // 4
+
+    def problem(self, payload: bytes) -> str | None:
+        response = protos.PredictResponse.FromString(payload)
+        if OUTPUT_NAME not in response.outputs:
+            return f"no output {OUTPUT_NAME!r}; got {sorted(response.outputs)}"
+        tensor = response.outputs[OUTPUT_NAME]
+        dims = [d.size for d in tensor.tensor_shape.dim]
+        if tensor.dtype != protos.DT_FLOAT or dims != self.dims:
+            return f"output {OUTPUT_NAME!r} is dtype {tensor.dtype} shape {dims}; expected DT_FLOAT {self.dims}"
+        if len(tensor.tensor_content) != self.nbytes and len(tensor.float_val) != self.count:
+            return f"output {OUTPUT_NAME!r} holds the wrong number of values"
+        return None
+
+
+def wait_for_go(barrier: Path, client: int, timeout_s: float) -> float:
+    """Says ready, then waits for the runner's `go` file; returns the start time (epoch s)."""
+    barrier.mkdir(parents=True, exist_ok=True)
+    ready = barrier / f"ready-{client}"
+    tmp = barrier / f".ready-{client}.tmp"
+    tmp.write_text(str(time.time()))
+    tmp.replace(ready)
+    go = barrier / "go"
+    deadline = time.monotonic() + timeout_s
+    while not go.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {go} after {timeout_s:.0f} s")
+        time.sleep(0.005)
+    start = float(go.read_text())
+    delay = start - time.time()
+    if delay > 0:
+        time.sleep(delay)
+    return start
+
+
+def run_client(args: argparse.Namespace) -> dict:
+    payloads = build_requests(args.model, args.batch, args.seed + 7919 * args.client_id)
+    checker = ResponseChecker(args.model, args.batch)
+    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    channel = grpc.insecure_channel(args.target, options=options)
+    # No (de)serializers: we send prebuilt bytes and parse the answer ourselves.
+    predict = channel.unary_unary(protos.PREDICT_METHOD)
+    expected = args.warmup + (args.requests or 1024)
+    records = Records(capacity=expected)
+    errors: dict[str, dict] = {}
+
+    def call(phase: int, i: int) -> None:
+        start_wall = time.time_ns()
+        t0 = time.perf_counter_ns()
+        code, message = 0, ""
+        try:
+            payload = predict(payloads[i % len(payloads)], timeout=args.timeout_s)
+            problem = checker.problem(payload)
+            if problem:
+                code, message = BAD_RESPONSE, problem
+        except grpc.RpcError as exc:
+            code, message = exc.code().value[0], f"{exc.code().name}: {exc.details()}"
+        latency = time.perf_counter_ns() - t0
+        records.add(phase, start_wall, latency, code)
+        if code and phase == MEASURED:  # warm-up failures are reported, not judged
+            entry = errors.setdefault(str(code), {"count": 0, "first": message})
+            entry["count"] += 1
+
+    try:
+        for i in range(args.warmup):
+            call(WARMUP, i)
+        go = wait_for_go(Path(args.barrier), args.client_id, args.barrier_timeout_s) if args.barrier else time.time()
+        if args.duration_s:
+            end = go + args.duration_s
+            i = 0
+            while time.time() < end:
+                call(MEASURED, i)
+                i += 1
+        else:
+            for i in range(args.requests):
+                call(MEASURED, i)
+    finally:
+        channel.close()
+
+    measured = records.phase[: records.size] == MEASURED
+    codes = records.code[: records.size][measured]
+    summary = {
+        "client": args.client_id,
+        "target": args.target,
+        "model": args.model,
+        "batch": args.batch,
+        "warmup_sent": int((~measured).sum()),
+        "warmup_failed": int((records.code[: records.size][~measured] != 0).sum()),
+        "sent": int(measured.sum()),
+        "ok": int((codes == 0).sum()),
+        "failed": int((codes != 0).sum()),
+        "errors": errors,
+    }
+    records.write_parquet(Path(args.records), args.client_id)
+    return summary
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="osmi-client",
+        description="OSMI load generator: closed-loop TF-Serving Predict calls with per-request records.")
+    parser.add_argument("--target", required=True, help="host:port of the balancer or a model server")
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
+    parser.add_argument("--batch", type=int, default=1, help="samples per request (default 1)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--requests", type=int, default=None, help="measured requests (default 100)")
+    group.add_argument("--duration-s", type=float, default=None, help="measure for this many seconds instead")
+    parser.add_argument("--warmup", type=int, default=5, help="requests before the measured window (not counted)")
+    parser.add_argument("--timeout-s", type=float, default=60.0, help="deadline of one request")
+    parser.add_argument("--client-id", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--records", required=True, help="per-request records (Parquet) to write")
+    parser.add_argument("--summary", help="client summary (JSON) to write; default: print it")
+    parser.add_argument("--barrier", help="folder to report ready in and wait for a `go` file (job runner)")
+    parser.add_argument("--barrier-timeout-s", type=float, default=600.0)
+    args = parser.parse_args(argv)
+    if args.requests is None and args.duration_s is None:
+        args.requests = 100
+    if args.batch < 1 or (args.requests is not None and args.requests < 1) or args.warmup < 0:
+        parser.error("--batch and --requests must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = run_client(args)
+    except (TimeoutError, OSError) as exc:
+        print(f"osmi-client {args.client_id}: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(summary, indent=2) + "\n"
+    if args.summary:
+        path = Path(args.summary)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""HAProxy in front of the model-server shards, balancing gRPC per request.
+
+`mode http` with `proto h2` on the bind and on every server line makes HAProxy
+terminate each client's HTTP/2 connection and pick a backend per stream, i.e.
+per gRPC call. (The old OSMI setup used `mode tcp`, which pins each client
+connection to one server, so extra GPUs idled.)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+import urllib.request
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # s0, s1, ... (server k serves GPU k)
+    host: str
+    port: int
+
+
+def render_config(frontend_port: int, stats_port: int, backends: list[Backend], *,
+                  timeout_s: float, host: str = "127.0.0.1") -> str:
+    """haproxy.cfg for one experiment: one frontend, one backend pool, a stats page."""
+    # `timeout server` must outlast the slowest inference, or HAProxy answers 504,
+    # which a gRPC client sees as UNAVAILABLE; give it the request deadline + margin.
+    server_timeout = int(timeout_s * 1000) + 5000
+    lines = [
+        "global",
+        "    maxconn 4096",
+        "defaults",
+        "    mode http",
+        "    timeout connect 5s",
+        f"    timeout client {server_timeout}ms",
+        f"    timeout server {server_timeout}ms",
+        "    retries 3",
+        # Retry a refused connection on another server instead of failing the call.
+        "    option redispatch 1",
+        "frontend grpc_in",
+        f"    bind {host}:{frontend_port} proto h2",
+        "    default_backend shards",
+        "backend shards",
+        "    balance roundrobin",
+    ]
+    for b in backends:
+        lines.append(f"    server {b.name} {b.host}:{b.port} proto h2 check inter 500ms rise 1 fall 2")
+    lines += [
+        "listen stats",
+        f"    bind {host}:{stats_port}",
+        "    mode http",
+        "    stats enable",
+        "    stats uri /stats",
+        "    stats refresh 0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def read_stats(stats_port: int, host: str = "127.0.0.1") -> dict[str, dict[str, str]]:
+    """Per-server rows of HAProxy's stats CSV, keyed by server name."""
+    with urllib.request.urlopen(f"http://{host}:{stats_port}/stats;csv", timeout=5) as response:
+        text = response.read().decode()
+    reader = csv.DictReader(io.StringIO(text.lstrip("# ")))
+    return {row["svname"]: row for row in reader if row.get("pxname") == "shards"
+            and row["svname"] not in ("FRONTEND", "BACKEND")}
+
+
+def request_counts(stats_port: int, host: str = "127.0.0.1") -> dict[str, int]:
+    """Calls forwarded to each server so far (`lbtot`: chosen by the balancer)."""
+    return {name: int(row.get("lbtot") or 0) for name, row in read_stats(stats_port, host).items()}
+
+
+def wait_all_up(stats_port: int, names: list[str], timeout_s: float, alive=lambda: True) -> None:
+    """Blocks until HAProxy reports every backend UP; TimeoutError names the ones that are not."""
+    deadline = time.monotonic() + timeout_s
+    status: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError("haproxy exited while waiting for its backends")
+        try:
+            status = {n: r.get("status", "") for n, r in read_stats(stats_port).items()}
+            if all(status.get(n, "").startswith("UP") for n in names):
+                return
+        except OSError:
+            pass  # stats listener not up yet
+        time.sleep(0.1)
+    raise TimeoutError(f"HAProxy backends not UP after {timeout_s:.0f} s: {status}")

@@ -1,0 +1,315 @@
+"""One experiment, inside its job: servers up, balancer, clients, teardown, verdict.
+
+    config.yaml -> N model-server shards -> HAProxy (per-request h2) -> M clients
+                -> results/{summary.json, requests-client<k>.parquet, env.json,
+                   backends.json} + status + progress lines
+
+Whatever happens (error, SIGTERM from scancel, Ctrl-C), every child is
+stopped and a summary is written; the exit status is 0 only for a VALID run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import traceback
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from osmi_ee.ee.config import GridError, load_experiment_config
+from osmi_ee.ee.paths import ExperimentPaths, write_atomic, write_json
+from osmi_ee.osmi import haproxy, metrics, protos
+from osmi_ee.osmi.client import build_requests
+from osmi_ee.osmi.env import manifest
+from osmi_ee.osmi.model_config import render_model_config
+from osmi_ee.osmi.procs import Child, ProcessGroup, free_port
+
+EXIT_VALID, EXIT_ERROR, EXIT_INVALID = 0, 1, 3
+SCHEMA = "osmi-ee/summary/1"
+
+
+class Cancelled(Exception):
+    pass
+
+
+class SetupError(Exception):
+    pass
+
+
+def progress(status: str, percent: int) -> None:
+    # cloudmesh-ee's `cms ee list` reads these lines from the job output.
+    pid = os.environ.get("SLURM_JOB_ID", str(os.getpid()))
+    print(f"# cloudmesh status={status} progress={percent} pid={pid}", flush=True)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def server_command(kind: str, launcher: list[str]) -> tuple[str, list[str]]:
+    """(server kind, argv prefix): the real TF-Serving where asked or found, else ours."""
+    real = shutil.which("tensorflow_model_server")
+    if kind == "tfserving" and not real and not launcher:
+        raise SetupError("serve.server is 'tfserving' but tensorflow_model_server is not on PATH")
+    if kind == "tfserving" or (kind == "auto" and real):
+        return "tensorflow_model_server", [*launcher, "tensorflow_model_server"]
+    return "osmi-model-server", [*launcher, sys.executable, "-m", "osmi_ee.osmi.model_server"]
+
+
+def latest_version_dir(base: Path) -> Path | None:
+    versions = [p for p in base.glob("*") if p.name.isdigit() and (p / "saved_model.pb").exists()]
+    return max(versions, key=lambda p: int(p.name)) if versions else None
+
+
+def gpu_for_shard(k: int) -> str | None:
+    """The GPU shard k may use: the k-th of the job's allocation (Slurm sets the list)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not visible:
+        return None
+    ids = [g for g in visible.split(",") if g]
+    return ids[k % len(ids)] if ids else None
+
+
+def probe(target: str, request: bytes, timeout_s: float) -> str | None:
+    """None if one Predict to `target` succeeds, else the error text."""
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(protos.PREDICT_METHOD)
+        try:
+            call(request, timeout=timeout_s)
+            return None
+        except grpc.RpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+
+
+class ExperimentRun:
+    def __init__(self, config_path: Path):
+        self.config_path = config_path.resolve()
+        self.paths = ExperimentPaths(self.config_path.parent)
+        self.grid, self.params, self.raw = load_experiment_config(self.config_path)
+        self.group = ProcessGroup()
+        self.problems: list[str] = []
+        self.clients: list[dict[str, Any]] = []
+        self.backend_counts: dict[str, int] = {}
+        self.server_kind = ""
+        self.server_argv: list[str] = []
+
+    # ------------------------------------------------------------ stages
+
+    def write_model_config(self) -> None:
+        model = self.params["model"]
+        base = Path(self.grid.serve.models_dir) / model
+        if latest_version_dir(base) is None:
+            raise SetupError(f"no exported model at {base}/<version>/saved_model.pb; "
+                             f"run `make models` (osmi-export --models {model})")
+        write_atomic(self.paths.model_config, render_model_config({model: base}))
+
+    def start_servers(self) -> list[haproxy.Backend]:
+        serve = self.grid.serve
+        self.server_kind, prefix = server_command(serve.server, list(self.grid.profile.server.get("launcher", [])))
+        backends, children = [], []
+        for k in range(self.params["servers"]):
+            port = free_port()
+            argv = [*prefix, f"--port={port}", "--rest_api_port=0",
+                    f"--model_config_file={self.paths.model_config}"]
+            if serve.intra_op_threads:
+                argv.append(f"--tensorflow_intra_op_parallelism={serve.intra_op_threads}")
+            env = dict(os.environ)
+            gpu = gpu_for_shard(k)
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = gpu  # one shard per GPU
+            children.append(self.group.start(f"server {k}", argv, self.paths.server_log(k), env))
+            backends.append(haproxy.Backend(f"s{k}", "127.0.0.1", port))
+            self.server_argv = argv
+        self.wait_servers_ready(backends, children)
+        return backends
+
+    def wait_servers_ready(self, backends: list[haproxy.Backend], children: list[Child]) -> None:
+        request = build_requests(self.params["model"], 1, seed=0, count=1)[0]
+        deadline = time.monotonic() + self.grid.serve.startup_timeout_s
+        pending = dict(zip([b.name for b in backends], zip(backends, children)))
+        last_error: dict[str, str] = {}
+        while pending:
+            for name, (backend, child) in list(pending.items()):
+                if not child.alive():
+                    raise SetupError(child.describe_exit())
+                error = probe(f"{backend.host}:{backend.port}", request, timeout_s=30)
+                if error is None:
+                    del pending[name]
+                else:
+                    last_error[name] = error
+            if pending and time.monotonic() > deadline:
+                raise SetupError(f"servers {sorted(pending)} not ready after "
+                                 f"{self.grid.serve.startup_timeout_s:.0f} s: {last_error}")
+            if pending:
+                time.sleep(0.25)
+
+    def start_balancer(self, backends: list[haproxy.Backend]) -> tuple[int, int]:
+        port, stats_port = free_port(), free_port()
+        cfg = haproxy.render_config(port, stats_port, backends, timeout_s=self.grid.measure.timeout_s)
+        write_atomic(self.paths.haproxy_config, cfg)
+        binary = self.grid.profile.haproxy
+        if not shutil.which(binary.split()[0]):
+            raise SetupError(f"HAProxy binary {binary!r} not found; install Debian's haproxy "
+                             "(apt-get install haproxy)")
+        child = self.group.start("haproxy", [*binary.split(), "-db", "-f", str(self.paths.haproxy_config)],
+                                 self.paths.haproxy_log)
+        try:
+            haproxy.wait_all_up(stats_port, [b.name for b in backends], timeout_s=30, alive=child.alive)
+        except RuntimeError:
+            raise SetupError(child.describe_exit()) from None
+        return port, stats_port
+
+    def run_clients(self, port: int, stats_port: int) -> None:
+        measure = self.grid.measure
+        barrier = self.paths.barrier
+        shutil.rmtree(barrier, ignore_errors=True)
+        barrier.mkdir(parents=True)
+        m = self.params["clients"]
+        children = []
+        for k in range(m):
+            argv = [sys.executable, "-m", "osmi_ee.osmi.client", f"--target=127.0.0.1:{port}",
+                    f"--model={self.params['model']}", f"--batch={self.params['batch']}",
+                    f"--warmup={measure.warmup_requests}", f"--timeout-s={measure.timeout_s}",
+                    f"--client-id={k}", f"--seed={measure.seed}",
+                    f"--records={self.paths.client_records(k)}", f"--summary={self.paths.client_summary(k)}",
+                    f"--barrier={barrier}"]
+            argv.append(f"--duration-s={measure.duration_s}" if measure.duration_s
+                        else f"--requests={measure.requests}")
+            children.append(self.group.start(f"client {k}", argv, self.paths.client_log(k)))
+
+        # Everyone warmed up before the window opens, so the window holds M active clients.
+        warm_deadline = time.monotonic() + measure.timeout_s * (measure.warmup_requests + 1) + 60
+        while len(list(barrier.glob("ready-*"))) < m:
+            dead = [c for c in children if not c.alive()]
+            if dead:
+                raise SetupError(dead[0].describe_exit())
+            if time.monotonic() > warm_deadline:
+                raise SetupError("clients did not finish warm-up in time")
+            time.sleep(0.01)
+        before = haproxy.request_counts(stats_port)
+        write_atomic(barrier / "go", repr(time.time() + 0.05))
+        progress("running", 50)
+
+        if measure.duration_s:
+            limit = measure.duration_s + measure.timeout_s + 60
+        else:
+            limit = measure.requests * measure.timeout_s + 60
+        deadline = time.monotonic() + limit
+        for child in children:
+            try:
+                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.problems.append(f"{child.name} still running after {limit:.0f} s; stopped")
+        self.group.stop(children, grace_s=5)
+        after = haproxy.request_counts(stats_port)
+        self.backend_counts = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+        write_json(self.paths.backends, {"before": before, "after": after, "measured": self.backend_counts})
+        for k, child in enumerate(children):
+            entry: dict[str, Any] = {"client": k, "exit_code": child.process.returncode}
+            try:
+                entry.update(json.loads(self.paths.client_summary(k).read_text()))
+            except (OSError, ValueError):
+                entry["sent"] = None
+            self.clients.append(entry)
+
+    # ------------------------------------------------------------ results
+
+    def load_records(self) -> dict[str, np.ndarray]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = [pq.read_table(self.paths.client_records(k)) for k in range(self.params["clients"])
+                  if self.paths.client_records(k).exists()]
+        if not tables:
+            return {name: np.zeros(0, np.int64) for name in ("client", "phase", "start_ns", "latency_ns", "code")}
+        table = pa.concat_tables(tables)
+        return {name: table.column(name).to_numpy() for name in table.column_names}
+
+    def summary(self, started: str) -> dict[str, Any]:
+        figures = metrics.summarize(
+            self.load_records(), batch=self.params["batch"], clients=self.clients,
+            backend_counts=self.backend_counts, min_backend_share=self.grid.measure.min_backend_share,
+            problems=self.problems)
+        return {
+            "schema": SCHEMA,
+            "experiment_id": self.raw.get("sweep", {}).get("experiment_id", self.paths.root.name),
+            "params": self.params,
+            **figures,
+            "clients": self.clients,
+            "server_kind": self.server_kind,
+            "started_at": started,
+            "finished_at": now_iso(),
+        }
+
+    # ------------------------------------------------------------ main
+
+    def execute(self) -> int:
+        started = now_iso()
+        write_atomic(self.paths.status, "running\n")
+        for stale in (self.paths.summary, self.paths.status.with_name("status.reason")):
+            stale.unlink(missing_ok=True)
+        progress("running", 5)
+        try:
+            self.write_model_config()
+            backends = self.start_servers()
+            progress("running", 30)
+            port, stats_port = self.start_balancer(backends)
+            progress("running", 40)
+            self.run_clients(port, stats_port)
+            progress("running", 90)
+        except (SetupError, Cancelled) as exc:
+            self.problems.append(str(exc))
+        except Exception as exc:  # a bug must still end in teardown and a summary
+            traceback.print_exc()
+            self.problems.append(f"internal error: {exc!r}")
+        finally:
+            self.group.stop()
+        write_json(self.paths.env, {**manifest(self.grid.profile.haproxy.split()[0], self.server_argv),
+                                    "config": self.raw, "started_at": started, "finished_at": now_iso()})
+        summary = self.summary(started)
+        write_json(self.paths.summary, summary)
+        status = "valid" if summary["valid"] else ("invalid" if self.clients else "failed")
+        write_atomic(self.paths.status, status + "\n")
+        for reason in summary["reasons"]:
+            print(f"INVALID: {reason}", file=sys.stderr, flush=True)
+        progress("done" if summary["valid"] else "failed", 100)
+        if summary["valid"]:
+            return EXIT_VALID
+        return EXIT_INVALID if status == "invalid" else EXIT_ERROR
+
+
+def _raise_cancelled(signum: int, _frame: Any) -> None:
+    # Only the first signal interrupts; teardown must not be interrupted again.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Cancelled(f"cancelled by signal {signal.Signals(signum).name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="osmi-run",
+        description="Run one experiment from its config.yaml: servers, HAProxy, clients, teardown, summary.")
+    parser.add_argument("--config", default="config.yaml", help="the experiment's generated config.yaml")
+    args = parser.parse_args(argv)
+    try:
+        run = ExperimentRun(Path(args.config))
+    except GridError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_ERROR
+    signal.signal(signal.SIGTERM, _raise_cancelled)
+    signal.signal(signal.SIGINT, _raise_cancelled)
+    return run.execute()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
