@@ -1,0 +1,65 @@
+# osmi-ee: the OSMI inference benchmark over parameter grids.
+#   make demo                      install, export models, run the local grid, write the report
+#   make test                      install and run the test suite
+#   make generate|run|submit|status|analyze [EXPERIMENT=experiments/<grid>.yaml]
+SHELL := /bin/bash
+EXPERIMENT ?= experiments/local.yaml
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OSMI := $(PY) -m osmi_ee.ee.cli
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: help install system models generate run submit status analyze demo test bench clean
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+# The virtual environment, rebuilt only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "installing osmi-ee and its dependencies into $(VENV) (first time: a few minutes)"
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c 'import osmi_ee.ee.cli, tensorflow_serving.apis' 2>/dev/null || { echo "install failed: see the pip output above" >&2; exit 1; }
+	@touch $(STAMP)
+
+install: $(STAMP) system
+
+# System parts: Debian's HAProxy (installed when missing and we are root).
+system:
+	@command -v haproxy >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's haproxy"; \
+	    (apt-get install -y -qq haproxy >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }); \
+	  else echo "HAProxy is missing: install it (Debian/Ubuntu: sudo apt-get install haproxy)" >&2; exit 1; fi; }
+
+models: install
+	@$(OSMI) models --grid $(EXPERIMENT)
+
+generate: install
+	@$(OSMI) generate --grid $(EXPERIMENT)
+
+run: install
+	@$(OSMI) run --grid $(EXPERIMENT)
+
+submit: install
+	@$(OSMI) submit --grid $(EXPERIMENT)
+
+status: install
+	@$(OSMI) status --grid $(EXPERIMENT)
+
+analyze: install
+	@$(OSMI) analyze --grid $(EXPERIMENT)
+
+# The whole local sweep, end to end; the last line names the dataset.
+demo: install
+	@$(OSMI) models --grid $(EXPERIMENT)
+	@$(OSMI) generate --grid $(EXPERIMENT)
+	@$(OSMI) run --grid $(EXPERIMENT); rc=$$?; $(OSMI) analyze --grid $(EXPERIMENT) || exit $$?; exit $$rc
+
+test: install
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs build .pytest_cache

@@ -1,0 +1,140 @@
+"""`osmi-ee`: generate | run | submit | status | analyze a sweep.
+
+Every command takes the grid file (`--grid`, or EXPERIMENT= in make) and
+finds its sweep directory from it (runs/<grid name>, or --out), so the same
+argument drives the whole life of a sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+from osmi_ee.ee.config import GridError, load_grid
+from osmi_ee.ee.paths import SweepPaths, default_sweep_dir
+
+DEFAULT_GRID = "experiments/local.yaml"
+
+
+def _sweep_for(args: argparse.Namespace) -> tuple[SweepPaths, object]:
+    grid = load_grid(args.grid)
+    root = Path(args.out) if args.out else default_sweep_dir(grid.name)
+    return SweepPaths(root.resolve()), grid
+
+
+def _require_generated(sweep: SweepPaths) -> None:
+    if not sweep.sweep.exists():
+        raise GridError(sweep.root, ["no generated sweep here; run `make generate` (osmi-ee generate) first"])
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from osmi_ee.osmi.export import export_models
+
+    grid = load_grid(args.grid)
+    export_models(grid.axes["model"], Path(grid.serve.models_dir), samples=args.samples,
+                  epochs=args.epochs, force=args.force)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from osmi_ee.ee.generate import generate
+
+    sweep, grid = _sweep_for(args)
+    experiments = generate(grid, sweep.root)
+    print(f"generated {len(experiments)} experiments in {sweep.root}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from osmi_ee.ee.local import run_local
+
+    sweep, _ = _sweep_for(args)
+    _require_generated(sweep)
+    counts = run_local(sweep, force=args.force)
+    print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    bad = counts.get("invalid", 0) + counts.get("failed", 0)
+    return 0 if not bad else 3
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from osmi_ee.ee.slurm import SubmissionError, submit
+
+    sweep, _ = _sweep_for(args)
+    _require_generated(sweep)
+    try:
+        submitted = submit(sweep, force=args.force)
+    except SubmissionError as exc:
+        print(f"osmi-ee submit: {exc}", file=sys.stderr)
+        return 2
+    for experiment_id, job_id in submitted.items():
+        print(f"{job_id}\t{experiment_id}")
+    print(f"submitted {len(submitted)} job(s); ids recorded in {sweep.jobs}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from osmi_ee.ee.slurm import experiment_states
+
+    sweep, _ = _sweep_for(args)
+    _require_generated(sweep)
+    states = experiment_states(sweep)
+    width = max((len(i) for i in states), default=10)
+    for experiment_id, info in states.items():
+        print(f"{experiment_id:<{width}}  {info['state']:<13} {info['job_id'] or '-'}")
+    counts = Counter(info["state"] for info in states.values())
+    keys = ["done", "failed", "invalid", "pending", "running"]
+    others = sorted(set(counts) - set(keys))
+    print(" ".join([f"total={len(states)}"] + [f"{k}={counts.get(k, 0)}" for k in keys + others]))
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from osmi_ee.analysis.cli import main as analyze_main
+
+    sweep, _ = _sweep_for(args)
+    return analyze_main([str(sweep.root)] + (["--no-plots"] if args.no_plots else []))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="osmi-ee",
+        description="Sweep the OSMI inference benchmark over a grid: generate experiments, run them "
+                    "locally or submit them to Slurm, follow their status, analyze the results.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--grid", default=DEFAULT_GRID, help=f"grid file (default {DEFAULT_GRID})")
+        p.add_argument("--out", help="sweep directory (default runs/<grid name>)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("models", "train on synthetic data and export the grid's models as SavedModels "
+                      "(skips models already exported)", cmd_models)
+    p.add_argument("--samples", type=int, default=100, help="synthetic training samples (default 100)")
+    p.add_argument("--epochs", type=int, default=1, help="training epochs (default 1)")
+    p.add_argument("--force", action="store_true", help="export again even if present")
+    add("generate", "validate the grid and write one directory per experiment", cmd_generate)
+    p = add("run", "run the generated experiments here, one after another (no Slurm)", cmd_run)
+    p.add_argument("--force", action="store_true", help="rerun experiments that are already valid")
+    p = add("submit", "sbatch every experiment without a valid result or a queued job", cmd_submit)
+    p.add_argument("--force", action="store_true", help="resubmit experiments that are already valid")
+    add("status", "one line per experiment, then a summary line", cmd_status)
+    p = add("analyze", "aggregate results into dataset.csv/.parquet and plots", cmd_analyze)
+    p.add_argument("--no-plots", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GridError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
