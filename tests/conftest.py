@@ -1,0 +1,41 @@
+"""Shared fixtures: one tiny exported small_lstm per test session, grid writing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """small_lstm exported once (8 samples, 1 epoch): enough to serve real answers."""
+    from osmi_ee.osmi.export import export_models
+
+    out = tmp_path_factory.mktemp("models")
+    export_models(["small_lstm"], out, samples=8, epochs=1, batch_size=4, progress=False)
+    return out
+
+
+@pytest.fixture
+def write_grid(tmp_path):
+    """Writes a grid mapping as YAML in tmp_path and returns its path."""
+
+    def write(data: dict, name: str = "grid.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def require_haproxy():
+    if not shutil.which("haproxy"):
+        pytest.fail("HAProxy is not installed: `make test` installs it (apt-get install haproxy)")
