@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from osmi_ee.ee.profiles import Profile, load_profile
+from osmi_ee.ee.profiles import Profile, expand_vars, load_profile
 from osmi_ee.osmi.specs import MODEL_NAMES
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -235,6 +235,11 @@ def _parse(data: Any, source: Path, scalar_axes: bool, profiles_dir: Path | None
     axes = _check_axes(checker, data.get("experiment"), profile, scalar_axes)
     measure = _check_measure(checker, checker.section(data, "measure"))
     serve = _fill(checker, Serve, checker.section(data, "serve"), "serve.", _SERVE_RULES)
+    try:  # ${USER} etc. in paths are the generating user's; relative means "from here"
+        models_dir = Path(expand_vars(serve.models_dir, "serve.models_dir")).expanduser()
+        serve = Serve(**{**asdict(serve), "models_dir": str(models_dir.resolve())})
+    except ValueError as exc:
+        checker.bad("serve.models_dir", serve.models_dir, str(exc).split(": ", 1)[-1])
     job = _fill(checker, Job, checker.section(data, "job"), "job.", _JOB_RULES)
     if checker.problems:
         raise GridError(source, checker.problems)

@@ -8,7 +8,6 @@ means the same experiment.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,9 +36,6 @@ def generate(grid: Grid, sweep_dir: Path, template: Path = DEFAULT_TEMPLATE,
     """Writes the sweep for `grid` under `sweep_dir`; returns its experiments."""
     sweep_dir = sweep_dir.resolve()
     paths = SweepPaths(sweep_dir)
-    # Relative paths in a grid mean "from where generate ran"; jobs run elsewhere.
-    serve = dataclasses.replace(grid.serve, models_dir=str(Path(grid.serve.models_dir).resolve()))
-    grid = dataclasses.replace(grid, serve=serve)
     template_text = template.read_text()
     experiments = expand(grid)
     rendered = []

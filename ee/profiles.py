@@ -38,11 +38,14 @@ class Profile:
     description: str = ""
     scheduler: dict[str, Any] = field(default_factory=dict)
     gpus: dict[str, GpuType] = field(default_factory=dict)
-    server: dict[str, Any] = field(default_factory=dict)
-    haproxy: str = "haproxy"
+    server_command: list[str] = field(default_factory=list)  # empty: decided on the node
+    haproxy: list[str] = field(default_factory=lambda: ["haproxy"])
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The profile in its file format (generated configs carry it inline)."""
+        return {"name": self.name, "description": self.description, "scheduler": self.scheduler,
+                "gpus": {k: asdict(v) for k, v in self.gpus.items()},
+                "server": {"command": self.server_command}, "haproxy": self.haproxy}
 
 
 def profiles_dir() -> Path:
@@ -51,6 +54,26 @@ def profiles_dir() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parent.parent / "slurm" / "profiles"
+
+
+_DEFAULT_RE = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+def expand_vars(value: str, where: str) -> str:
+    """`${VAR}`, `$VAR` and `${VAR:-default}` from the environment of `make generate`."""
+    value = _DEFAULT_RE.sub(lambda m: os.environ.get(m.group(1)) or m.group(2), value)
+    value = os.path.expandvars(value)
+    if "$" in value:
+        raise ValueError(f"{where}: {value!r} names an unset environment variable")
+    return value
+
+
+def _words(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, list) or not all(isinstance(w, (str, int, float)) for w in value):
+        raise ValueError(f"{where}: must be a list of words (got {value!r})")
+    return [expand_vars(str(w), where) for w in value]
 
 
 def _check_directive(where: str, value: Any) -> str:
@@ -79,13 +102,23 @@ def parse_profile(data: Mapping[str, Any], where: str) -> Profile:
             if key in settings:
                 _check_directive(f"{where}: gpus.{gpu}.{key}", settings[key])
         gpus[str(gpu)] = GpuType(**settings)
+    server = dict(data.get("server") or {})
+    extra = set(server) - {"command"}
+    if extra:
+        raise ValueError(f"{where}: server: unknown key(s) {sorted(extra)}; known: ['command']")
+    server_command = _words(server.get("command", []), f"{where}: server.command")
+    container = server_command[:1] and server_command[0] in ("apptainer", "singularity")
+    if container and "--nv" not in server_command and any(g != "cpu" for g in gpus):
+        # The old OSMI setup lost --nv and served on the CPU without noticing.
+        raise ValueError(f"{where}: server.command starts a container without --nv, "
+                         "so its GPU types would serve on the CPU")
     scheduler = dict(data.get("scheduler") or {})
     for key in ("partition", "account"):
         if key in scheduler:
             _check_directive(f"{where}: scheduler.{key}", scheduler[key])
     return Profile(name=str(data.get("name", "")), description=str(data.get("description", "")),
-                   scheduler=scheduler, gpus=gpus, server=dict(data.get("server") or {}),
-                   haproxy=str(data.get("haproxy", "haproxy")))
+                   scheduler=scheduler, gpus=gpus, server_command=server_command,
+                   haproxy=_words(data.get("haproxy", ["haproxy"]), f"{where}: haproxy"))
 
 
 def load_profile(ref: str | Mapping[str, Any], directory: Path | None = None) -> Profile:

@@ -56,7 +56,12 @@ def sbatch_lines(experiment: Experiment) -> list[str]:
 
 def variables(experiment: Experiment, experiment_dir: Path, python: str) -> dict[str, Any]:
     """Template variables: nested dict whose leaves are final, quoted strings."""
-    modules = experiment.grid.profile.scheduler.get("modules", []) or []
+    grid = experiment.grid
+    modules = grid.profile.scheduler.get("modules", []) or []
+    # The server launch goes into the script, where a reader (and a test) can see
+    # it, e.g. that every GPU shard's container gets --nv. Empty: the node decides.
+    command = [] if grid.serve.server == "osmi" else grid.profile.server_command
+    command = [w.replace("{models_dir}", grid.serve.models_dir) for w in command]
     setup = "\n".join(f"module load {shlex.quote(str(m))}" for m in modules)
     return {
         "sbatch": {"lines": "\n".join(sbatch_lines(experiment))},
@@ -65,6 +70,7 @@ def variables(experiment: Experiment, experiment_dir: Path, python: str) -> dict
             "python": shlex.quote(python),
             "setup": setup,
             "id": shlex.quote(experiment.id),
+            "server_command": " ".join(shlex.quote(w) for w in command),
         },
     }
 

@@ -40,7 +40,7 @@ def git_commit(directory: Path) -> str | None:
     return out.stdout.strip() or None
 
 
-def manifest(haproxy: str, server_argv: list[str]) -> dict[str, Any]:
+def manifest(haproxy: list[str], server_argv: list[str]) -> dict[str, Any]:
     """Versions and host facts; each unknown stays None (never a made-up value)."""
     try:
         import psutil
@@ -66,7 +66,7 @@ def manifest(haproxy: str, server_argv: list[str]) -> dict[str, Any]:
         "packages": {name: _version(name) for name in
                      ("osmi-ee", "tensorflow", "tensorflow-cpu", "tensorflow-serving-api",
                       "grpcio", "protobuf", "numpy", "cloudmesh-ee")},
-        "haproxy": _first_line([haproxy, "-v"]),
+        "haproxy": _first_line([*haproxy, "-v"]),
         "slurm": _first_line(["sbatch", "--version"]),
         "server_command": server_argv,
         "slurm_env": {k: v for k, v in os.environ.items() if k.startswith("SLURM_")},

@@ -56,14 +56,18 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def server_command(kind: str, launcher: list[str]) -> tuple[str, list[str]]:
-    """(server kind, argv prefix): the real TF-Serving where asked or found, else ours."""
+def server_command(kind: str, given: list[str]) -> tuple[str, list[str]]:
+    """(server kind, argv prefix): the job script's command, else TF-Serving where
+    asked or found, else our compatible server."""
+    if given:
+        real = any(Path(w).name == "tensorflow_model_server" for w in given)
+        return ("tensorflow_model_server" if real else Path(given[-1]).name), given
     real = shutil.which("tensorflow_model_server")
-    if kind == "tfserving" and not real and not launcher:
+    if kind == "tfserving" and not real:
         raise SetupError("serve.server is 'tfserving' but tensorflow_model_server is not on PATH")
     if kind == "tfserving" or (kind == "auto" and real):
-        return "tensorflow_model_server", [*launcher, "tensorflow_model_server"]
-    return "osmi-model-server", [*launcher, sys.executable, "-m", "osmi_ee.osmi.model_server"]
+        return "tensorflow_model_server", [real]
+    return "osmi-model-server", [sys.executable, "-m", "osmi_ee.osmi.model_server"]
 
 
 def latest_version_dir(base: Path) -> Path | None:
@@ -92,7 +96,7 @@ def probe(target: str, request: bytes, timeout_s: float) -> str | None:
 
 
 class ExperimentRun:
-    def __init__(self, config_path: Path):
+    def __init__(self, config_path: Path, server_argv: list[str] | None = None):
         self.config_path = config_path.resolve()
         self.paths = ExperimentPaths(self.config_path.parent)
         self.grid, self.params, self.raw = load_experiment_config(self.config_path)
@@ -102,6 +106,8 @@ class ExperimentRun:
         self.backend_counts: dict[str, int] = {}
         self.server_kind = ""
         self.server_argv: list[str] = []
+        self.given_server_command = list(server_argv or [])
+        self.shards: list[dict[str, Any]] = []  # name, port, GPU: proof of one shard per GPU
 
     # ------------------------------------------------------------ stages
 
@@ -115,7 +121,7 @@ class ExperimentRun:
 
     def start_servers(self) -> list[haproxy.Backend]:
         serve = self.grid.serve
-        self.server_kind, prefix = server_command(serve.server, list(self.grid.profile.server.get("launcher", [])))
+        self.server_kind, prefix = server_command(serve.server, self.given_server_command)
         backends, children = [], []
         for k in range(self.params["servers"]):
             port = free_port()
@@ -128,6 +134,7 @@ class ExperimentRun:
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu  # one shard per GPU
             children.append(self.group.start(f"server {k}", argv, self.paths.server_log(k), env))
+            self.shards.append({"name": f"s{k}", "port": port, "gpu": gpu, "pid": children[-1].process.pid})
             backends.append(haproxy.Backend(f"s{k}", "127.0.0.1", port))
             self.server_argv = argv
         self.wait_servers_ready(backends, children)
@@ -157,11 +164,11 @@ class ExperimentRun:
         port, stats_port = free_port(), free_port()
         cfg = haproxy.render_config(port, stats_port, backends, timeout_s=self.grid.measure.timeout_s)
         write_atomic(self.paths.haproxy_config, cfg)
-        binary = self.grid.profile.haproxy
-        if not shutil.which(binary.split()[0]):
-            raise SetupError(f"HAProxy binary {binary!r} not found; install Debian's haproxy "
-                             "(apt-get install haproxy)")
-        child = self.group.start("haproxy", [*binary.split(), "-db", "-f", str(self.paths.haproxy_config)],
+        command = self.grid.profile.haproxy
+        if not shutil.which(command[0]):
+            raise SetupError(f"{command[0]!r} not found (profile haproxy: {command}); "
+                             "install Debian's haproxy (apt-get install haproxy)")
+        child = self.group.start("haproxy", [*command, "-db", "-f", str(self.paths.haproxy_config)],
                                  self.paths.haproxy_log)
         try:
             haproxy.wait_all_up(stats_port, [b.name for b in backends], timeout_s=30, alive=child.alive)
@@ -274,8 +281,9 @@ class ExperimentRun:
             self.problems.append(f"internal error: {exc!r}")
         finally:
             self.group.stop()
-        write_json(self.paths.env, {**manifest(self.grid.profile.haproxy.split()[0], self.server_argv),
-                                    "config": self.raw, "started_at": started, "finished_at": now_iso()})
+        write_json(self.paths.env, {**manifest(self.grid.profile.haproxy, self.server_argv),
+                                    "shards": self.shards, "config": self.raw,
+                                    "started_at": started, "finished_at": now_iso()})
         summary = self.summary(started)
         write_json(self.paths.summary, summary)
         status = "valid" if summary["valid"] else ("invalid" if self.clients else "failed")
@@ -300,9 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="osmi-run",
         description="Run one experiment from its config.yaml: servers, HAProxy, clients, teardown, summary.")
     parser.add_argument("--config", default="config.yaml", help="the experiment's generated config.yaml")
+    parser.add_argument("server_command", nargs="*",
+                        help="after `--`: how to start a model-server shard (default: decided here)")
     args = parser.parse_args(argv)
     try:
-        run = ExperimentRun(Path(args.config))
+        run = ExperimentRun(Path(args.config), args.server_command)
     except GridError as exc:
         print(exc, file=sys.stderr)
         return EXIT_ERROR
