@@ -26,7 +26,8 @@ from osmi_ee.osmi.specs import MODEL_NAMES
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TIME_RE = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")  # Slurm's [D-]HH:MM:SS
 SERVER_KINDS = ("auto", "osmi", "tfserving")
-AXES = ("model", "servers", "clients", "batch", "gpu", "repeat")  # order = id order
+AXES = ("model", "servers", "clients", "batch", "gpu", "scenario", "rate", "repeat")  # order = id order
+SCENARIOS = ("closed", "poisson", "offline")
 
 
 class GridError(ValueError):
@@ -44,9 +45,14 @@ class GridError(ValueError):
 @dataclass(frozen=True)
 class Measure:
     warmup_requests: int = 5  # per client, before the measured window; never counted
+    warmup_s: float = 0.0  # ... and at least this long
+    streams: int = 1  # closed loop: requests in flight per client process
     requests: int | None = 100  # per client in the measured window ...
     duration_s: float | None = None  # ... or measure for this long instead
     timeout_s: float = 60.0  # deadline of one request; a late answer is a failure
+    min_duration_s: float = 0.0  # a shorter measured window makes the run invalid
+    stability_windows: int = 1  # split the window in k parts; >1: they must agree ...
+    stability_tolerance: float = 0.1  # ... within this fraction (max/min - 1), else unstable
     min_backend_share: float = 0.5  # each backend must get >= this x its fair share
     seed: int = 0  # input data seed (inputs are made before the timed loop)
 
@@ -130,13 +136,20 @@ def _fill(checker: _Checker, cls: type, data: dict[str, Any], prefix: str,
         if not check(value):
             checker.bad(prefix + key, value, why)
             continue
-        values[key] = float(value) if why.startswith("a number") and value is not None else value
+        values[key] = float(value) if key in _FLOATS and value is not None else value
     return cls(**values)
 
 
 _positive_int = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+_FLOATS = {"warmup_s", "duration_s", "timeout_s", "min_backend_share", "min_duration_s",
+           "stability_tolerance", "startup_timeout_s"}
 _MEASURE_RULES = {
     "warmup_requests": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "warmup_s": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "streams": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "min_duration_s": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "stability_windows": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "stability_tolerance": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "requests": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or null"),
     "duration_s": (lambda v: v is None or (_is_number(v) and v > 0), "a number > 0 or null"),
     "timeout_s": (lambda v: _is_number(v) and v > 0, "a number > 0"),
@@ -173,7 +186,8 @@ def _check_axes(checker: _Checker, data: Any, profile: Profile, scalar: bool) ->
         return {}
     checker.unknown(data, AXES, "experiment.")
     defaults: dict[str, list[Any]] = {"servers": [1], "clients": [1], "batch": [1],
-                                      "gpu": [next(iter(profile.gpus))], "repeat": [1]}
+                                      "gpu": [next(iter(profile.gpus))], "scenario": ["closed"],
+                                      "rate": [None], "repeat": [1]}
     axes: dict[str, list[Any]] = {}
     for axis in AXES:
         if axis not in data:
@@ -198,7 +212,13 @@ def _check_axes(checker: _Checker, data: Any, profile: Profile, scalar: bool) ->
                                         f"it has: {', '.join(profile.gpus)}")
             elif axis in ("servers", "clients", "batch", "repeat") and not _positive_int[0](value):
                 checker.bad(key, value, "must be an integer >= 1")
+            elif axis == "scenario" and value not in SCENARIOS:
+                checker.bad(key, value, f"unknown load scenario; known: {', '.join(SCENARIOS)}")
+            elif axis == "rate" and value is not None and not (_is_number(value) and value > 0):
+                checker.bad(key, value, "target requests/s (all clients together): a number > 0")
         axes[axis] = values
+    if "poisson" in axes.get("scenario", []) and None in axes.get("rate", [None]):
+        checker.bad("experiment.rate", data.get("rate"), "scenario poisson needs a target rate > 0")
     return axes
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from osmi_ee.ee.config import AXES, Grid
 
-_SLUG_PREFIX = {"servers": "s", "clients": "c", "batch": "b", "repeat": "r"}
+_SLUG_PREFIX = {"servers": "s", "clients": "c", "batch": "b", "repeat": "r", "rate": "q"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ def experiment_id(params: dict[str, Any], settings: dict[str, Any]) -> str:
     The hash makes two sweeps of the same point with other settings distinct,
     and the same config always maps to the same directory (safe re-generate).
     """
-    parts = [f"{_SLUG_PREFIX.get(axis, '')}{params[axis]}" for axis in AXES]
+    parts = [f"{_SLUG_PREFIX.get(axis, '')}{params[axis]}" for axis in AXES
+             if not (axis == "scenario" and params[axis] == "closed") and params.get(axis) is not None]
     slug = "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", part) for part in parts)
     digest = hashlib.sha1(json.dumps([params, settings], sort_keys=True).encode()).hexdigest()[:6]
     return f"{slug}-{digest}"
@@ -57,5 +58,10 @@ def experiment_id(params: dict[str, Any], settings: dict[str, Any]) -> str:
 
 def expand(grid: Grid) -> list[Experiment]:
     settings = grid.settings()
-    return [Experiment(id=experiment_id(p, settings), params=p, grid=grid)
-            for p in permutations(grid.axes)]
+    experiments: dict[str, Experiment] = {}
+    for params in permutations(grid.axes):
+        if params["scenario"] != "poisson":
+            params["rate"] = None  # a target rate only shapes open-loop load
+        eid = experiment_id(params, settings)
+        experiments.setdefault(eid, Experiment(id=eid, params=params, grid=grid))
+    return list(experiments.values())

@@ -65,6 +65,10 @@ class ExperimentPaths:
         return self.results / "backends.json"
 
     @property
+    def telemetry(self) -> Path:
+        return self.results / "telemetry.parquet"
+
+    @property
     def barrier(self) -> Path:
         """Clients report ready here and wait for the `go` file (works across nodes)."""
         return self.results / "barrier"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import grpc
 import numpy as np
 
 from osmi_ee.osmi import protos
+from osmi_ee.osmi.load import RUNNERS, SCENARIOS, Issuer, Plan
 from osmi_ee.osmi.specs import INPUT_NAME, MODEL_NAMES, OUTPUT_NAME, SIGNATURE_NAME, get_spec
 
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -38,23 +40,28 @@ class Records:
     start_ns: np.ndarray = field(init=False)
     latency_ns: np.ndarray = field(init=False)
     code: np.ndarray = field(init=False)
+    delay_ns: np.ndarray = field(init=False)  # open loop: actual send - scheduled send
 
     def __post_init__(self) -> None:
         self.phase = np.zeros(self.capacity, np.int8)
         self.start_ns = np.zeros(self.capacity, np.int64)
         self.latency_ns = np.zeros(self.capacity, np.int64)
         self.code = np.zeros(self.capacity, np.int16)
+        self.delay_ns = np.zeros(self.capacity, np.int64)
 
-    def add(self, phase: int, start_ns: int, latency_ns: int, code: int) -> None:
+    COLUMNS = ("phase", "start_ns", "latency_ns", "code", "delay_ns")
+
+    def add(self, phase: int, start_ns: int, latency_ns: int, code: int, delay_ns: int = 0) -> None:
         if self.size == self.capacity:
             self.capacity *= 2
-            for name in ("phase", "start_ns", "latency_ns", "code"):
+            for name in self.COLUMNS:
                 old = getattr(self, name)
                 new = np.zeros(self.capacity, old.dtype)
                 new[: self.size] = old
                 setattr(self, name, new)
         i = self.size
         self.phase[i], self.start_ns[i], self.latency_ns[i], self.code[i] = phase, start_ns, latency_ns, code
+        self.delay_ns[i] = delay_ns
         self.size += 1
 
     def write_parquet(self, path: Path, client: int) -> None:
@@ -69,6 +76,7 @@ class Records:
             "start_ns": pa.array(self.start_ns[:n]),
             "latency_ns": pa.array(self.latency_ns[:n]),
             "code": pa.array(self.code[:n]),
+            "delay_ns": pa.array(self.delay_ns[:n]),
         })
         tmp = path.with_name(f".{path.name}.tmp")
         pq.write_table(table, tmp)
@@ -144,57 +152,86 @@ def run_client(args: argparse.Namespace) -> dict:
     channel = grpc.insecure_channel(args.target, options=options)
     # No (de)serializers: we send prebuilt bytes and parse the answer ourselves.
     predict = channel.unary_unary(protos.PREDICT_METHOD)
-    expected = args.warmup + (args.requests or 1024)
-    records = Records(capacity=expected)
+    records = Records(capacity=args.warmup + (args.requests or 1024))
+    lock = threading.Lock()
     errors: dict[str, dict] = {}
+    warmup_failed = 0
+    # Wall-clock start of each record = wall0 + (perf - perf0): precise and comparable across hosts.
+    wall0, perf0 = time.time_ns(), time.perf_counter_ns()
 
-    def call(phase: int, i: int) -> None:
-        start_wall = time.time_ns()
-        t0 = time.perf_counter_ns()
-        code, message = 0, ""
+    def outcome(future_or_payload) -> tuple[int, str]:
         try:
-            payload = predict(payloads[i % len(payloads)], timeout=args.timeout_s)
+            payload = future_or_payload.result() if hasattr(future_or_payload, "result") else future_or_payload
             problem = checker.problem(payload)
-            if problem:
-                code, message = BAD_RESPONSE, problem
+            return (BAD_RESPONSE, problem) if problem else (0, "")
         except grpc.RpcError as exc:
-            code, message = exc.code().value[0], f"{exc.code().name}: {exc.details()}"
-        latency = time.perf_counter_ns() - t0
-        records.add(phase, start_wall, latency, code)
-        if code and phase == MEASURED:  # warm-up failures are reported, not judged
-            entry = errors.setdefault(str(code), {"count": 0, "first": message})
-            entry["count"] += 1
+            return exc.code().value[0], f"{exc.code().name}: {exc.details()}"
+
+    def record(phase: int, scheduled_ns: int, code: int, message: str, delay_ns: int = 0) -> None:
+        nonlocal warmup_failed
+        # From the scheduled send: an open-loop request queued behind a slow one pays for it.
+        latency = time.perf_counter_ns() - scheduled_ns
+        with lock:
+            records.add(phase, wall0 + scheduled_ns - perf0, latency, code, delay_ns)
+            if code and phase == MEASURED:
+                entry = errors.setdefault(str(code), {"count": 0, "first": message})
+                entry["count"] += 1
+            elif code:
+                warmup_failed += 1  # warm-up failures are reported, not judged
+
+    def send(i: int, scheduled_ns: int, done) -> None:
+        delay = time.perf_counter_ns() - scheduled_ns
+        future = predict.future(payloads[i % len(payloads)], timeout=args.timeout_s)
+
+        def finished(f) -> None:
+            record(MEASURED, scheduled_ns, *outcome(f), delay)
+            done()
+
+        future.add_done_callback(finished)
 
     try:
-        for i in range(args.warmup):
-            call(WARMUP, i)
+        warm_end = time.perf_counter_ns() + int(args.warmup_s * 1e9)
+        i = 0
+        while i < args.warmup or time.perf_counter_ns() < warm_end:
+            t0 = time.perf_counter_ns()
+            try:
+                code, message = outcome(predict(payloads[i % len(payloads)], timeout=args.timeout_s))
+            except grpc.RpcError as exc:
+                code, message = exc.code().value[0], str(exc.code().name)
+            record(WARMUP, t0, code, message)
+            i += 1
         go = wait_for_go(Path(args.barrier), args.client_id, args.barrier_timeout_s) if args.barrier else time.time()
-        if args.duration_s:
-            end = go + args.duration_s
-            i = 0
-            while time.time() < end:
-                call(MEASURED, i)
-                i += 1
-        else:
-            for i in range(args.requests):
-                call(MEASURED, i)
+        start_ns = perf0 + int(go * 1e9) - wall0
+        plan = Plan(args.scenario, args.streams, args.requests, args.duration_s, args.rate,
+                    args.seed + args.client_id)
+        issuer = Issuer(send)
+        RUNNERS[args.scenario](issuer, plan, start_ns)
+        if not issuer.wait_idle(args.timeout_s + 30):
+            raise TimeoutError("requests still in flight after their deadline")
     finally:
         channel.close()
 
-    measured = records.phase[: records.size] == MEASURED
-    codes = records.code[: records.size][measured]
+    n = records.size
+    measured = records.phase[:n] == MEASURED
+    codes = records.code[:n][measured]
     summary = {
         "client": args.client_id,
         "target": args.target,
         "model": args.model,
         "batch": args.batch,
+        "scenario": args.scenario,
+        "streams": args.streams,
+        "rate": args.rate,
         "warmup_sent": int((~measured).sum()),
-        "warmup_failed": int((records.code[: records.size][~measured] != 0).sum()),
+        "warmup_failed": warmup_failed,
         "sent": int(measured.sum()),
         "ok": int((codes == 0).sum()),
         "failed": int((codes != 0).sum()),
         "errors": errors,
     }
+    order = np.argsort(records.start_ns[:n], kind="stable")  # callbacks finish out of order
+    for name in Records.COLUMNS:
+        getattr(records, name)[:n] = getattr(records, name)[:n][order]
     records.write_parquet(Path(args.records), args.client_id)
     return summary
 
@@ -206,10 +243,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--target", required=True, help="host:port of the balancer or a model server")
     parser.add_argument("--model", required=True, choices=MODEL_NAMES)
     parser.add_argument("--batch", type=int, default=1, help="samples per request (default 1)")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="closed",
+                        help="closed: --streams in flight; poisson: open loop at --rate; offline: all at once")
+    parser.add_argument("--streams", type=int, default=1, help="closed loop: requests in flight (default 1)")
+    parser.add_argument("--rate", type=float, help="poisson: requests per second sent by this client")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--requests", type=int, default=None, help="measured requests (default 100)")
     group.add_argument("--duration-s", type=float, default=None, help="measure for this many seconds instead")
     parser.add_argument("--warmup", type=int, default=5, help="requests before the measured window (not counted)")
+    parser.add_argument("--warmup-s", type=float, default=0.0, help="... and warm up for at least this long")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="deadline of one request")
     parser.add_argument("--client-id", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
@@ -222,6 +264,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.requests = 100
     if args.batch < 1 or (args.requests is not None and args.requests < 1) or args.warmup < 0:
         parser.error("--batch and --requests must be >= 1, --warmup >= 0")
+    if args.streams < 1:
+        parser.error("--streams must be >= 1")
+    if args.scenario == "poisson" and not (args.rate and args.rate > 0):
+        parser.error("--scenario poisson needs --rate > 0")
     return args
 
 

@@ -33,6 +33,7 @@ from osmi_ee.osmi.client import build_requests
 from osmi_ee.osmi.env import manifest
 from osmi_ee.osmi.model_config import render_model_config
 from osmi_ee.osmi.procs import Child, ProcessGroup, free_port
+from osmi_ee.osmi.telemetry import Telemetry
 
 EXIT_VALID, EXIT_ERROR, EXIT_INVALID = 0, 1, 3
 SCHEMA = "osmi-ee/summary/1"
@@ -108,6 +109,8 @@ class ExperimentRun:
         self.server_argv: list[str] = []
         self.given_server_command = list(server_argv or [])
         self.shards: list[dict[str, Any]] = []  # name, port, GPU: proof of one shard per GPU
+        self.telemetry: Telemetry | None = None
+        self.server_children: list[Child] = []
 
     # ------------------------------------------------------------ stages
 
@@ -138,6 +141,7 @@ class ExperimentRun:
             backends.append(haproxy.Backend(f"s{k}", "127.0.0.1", port))
             self.server_argv = argv
         self.wait_servers_ready(backends, children)
+        self.server_children = children
         return backends
 
     def wait_servers_ready(self, backends: list[haproxy.Backend], children: list[Child]) -> None:
@@ -186,12 +190,16 @@ class ExperimentRun:
         for k in range(m):
             argv = [sys.executable, "-m", "osmi_ee.osmi.client", f"--target=127.0.0.1:{port}",
                     f"--model={self.params['model']}", f"--batch={self.params['batch']}",
-                    f"--warmup={measure.warmup_requests}", f"--timeout-s={measure.timeout_s}",
+                    f"--scenario={self.params['scenario']}", f"--streams={measure.streams}",
+                    f"--warmup={measure.warmup_requests}", f"--warmup-s={measure.warmup_s}",
+                    f"--timeout-s={measure.timeout_s}",
                     f"--client-id={k}", f"--seed={measure.seed}",
                     f"--records={self.paths.client_records(k)}", f"--summary={self.paths.client_summary(k)}",
                     f"--barrier={barrier}"]
             argv.append(f"--duration-s={measure.duration_s}" if measure.duration_s
                         else f"--requests={measure.requests}")
+            if self.params["rate"]:  # the target is for all clients together
+                argv.append(f"--rate={self.params['rate'] / m}")
             children.append(self.group.start(f"client {k}", argv, self.paths.client_log(k)))
 
         # Everyone warmed up before the window opens, so the window holds M active clients.
@@ -204,6 +212,8 @@ class ExperimentRun:
                 raise SetupError("clients did not finish warm-up in time")
             time.sleep(0.01)
         before = haproxy.request_counts(stats_port)
+        self.telemetry = Telemetry({s["name"]: s["pid"] for s in self.shards})
+        self.telemetry.start()
         write_atomic(barrier / "go", repr(time.time() + 0.05))
         progress("running", 50)
 
@@ -217,7 +227,14 @@ class ExperimentRun:
                 child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.problems.append(f"{child.name} still running after {limit:.0f} s; stopped")
+        # A shard that died mid-window invalidates the run even when HAProxy hid it
+        # by retrying its requests elsewhere: the load was not on N servers.
+        for shard, child in zip(self.shards, self.server_children):
+            if not child.alive():
+                self.problems.append(f"server {shard['name']} exited during the measured window "
+                                     f"(code {child.process.returncode}); log {child.log}")
         self.group.stop(children, grace_s=5)
+        self.telemetry.stop()
         after = haproxy.request_counts(stats_port)
         self.backend_counts = {name: after.get(name, 0) - before.get(name, 0) for name in after}
         write_json(self.paths.backends, {"before": before, "after": after, "measured": self.backend_counts})
@@ -243,10 +260,16 @@ class ExperimentRun:
         return {name: table.column(name).to_numpy() for name in table.column_names}
 
     def summary(self, started: str) -> dict[str, Any]:
+        measure = self.grid.measure
         figures = metrics.summarize(
             self.load_records(), batch=self.params["batch"], clients=self.clients,
-            backend_counts=self.backend_counts, min_backend_share=self.grid.measure.min_backend_share,
-            problems=self.problems)
+            backend_counts=self.backend_counts, min_backend_share=measure.min_backend_share,
+            problems=self.problems, stability_windows=measure.stability_windows,
+            stability_tolerance=measure.stability_tolerance, min_duration_s=measure.min_duration_s,
+            target_rate=self.params["rate"], mode="duration" if measure.duration_s else "count")
+        if self.telemetry is not None:
+            figures["telemetry"] = self.telemetry.summary(figures["samples_ok"])
+            self.telemetry.write_parquet(self.paths.telemetry)
         return {
             "schema": SCHEMA,
             "experiment_id": self.raw.get("sweep", {}).get("experiment_id", self.paths.root.name),
@@ -280,6 +303,8 @@ class ExperimentRun:
             traceback.print_exc()
             self.problems.append(f"internal error: {exc!r}")
         finally:
+            if self.telemetry is not None:
+                self.telemetry.stop()
             self.group.stop()
         write_json(self.paths.env, {**manifest(self.grid.profile.haproxy, self.server_argv),
                                     "shards": self.shards, "config": self.raw,

@@ -20,10 +20,24 @@ def test_good_grid_expands_to_cartesian_product(write_grid):
     assert len({e.id for e in experiments}) == 16
     first = experiments[0]
     assert first.params == {"model": "small_lstm", "servers": 1, "clients": 1, "batch": 1,
-                            "gpu": "cpu", "repeat": 1}
+                            "gpu": "cpu", "scenario": "closed", "rate": None, "repeat": 1}
     assert first.id.startswith("small_lstm-s1-c1-b1-cpu-r1-")
     # Types survive (cloudmesh-ee's string expansion would give '1').
     assert all(isinstance(e.params["batch"], int) for e in experiments)
+
+
+def test_scenarios_and_rates(write_grid):
+    grid = load_grid(write_grid({"name": "g", "experiment": {
+        "model": "small_lstm", "scenario": ["closed", "poisson"], "rate": [10, 20.5]}}))
+    experiments = expand(grid)
+    # closed ignores the rate: one closed point, two poisson points
+    assert [(e.params["scenario"], e.params["rate"]) for e in experiments] == [
+        ("closed", None), ("poisson", 10), ("poisson", 20.5)]
+    assert experiments[2].id.startswith("small_lstm-s1-c1-b1-cpu-poisson-q20.5-r1-")
+    with pytest.raises(GridError, match="needs a target rate"):
+        load_grid(write_grid({"name": "g", "experiment": {"model": "small_lstm", "scenario": "poisson"}}))
+    with pytest.raises(GridError, match="unknown load scenario"):
+        load_grid(write_grid({"name": "g", "experiment": {"model": "small_lstm", "scenario": "burst"}}))
 
 
 def test_ids_are_stable_and_depend_on_settings(write_grid):

@@ -128,3 +128,67 @@ def test_missing_model_fails_with_clear_reason(write_grid, tmp_path):
     (s,) = summaries(sweep)
     assert not s["valid"] and any("no exported model" in r for r in s["reasons"])
     assert sweep.experiment(sweep.experiment_ids()[0]).read_status() == "failed"
+
+
+def test_open_loop_poisson_keeps_its_arrival_rate(write_grid, tmp_path, models_dir):
+    target = 40.0  # requests/s, both clients together
+    data = grid(models_dir, experiment={"servers": [1], "scenario": ["poisson"], "rate": [target],
+                                        "batch": [1]},
+                measure={"requests": 80})
+    rc, sweep, _ = run_sweep(write_grid, tmp_path, data)
+    (s,) = summaries(sweep)
+    assert rc == 0 and s["valid"], s["reasons"]
+    assert s["params"]["scenario"] == "poisson" and s["params"]["rate"] == target
+    arrival = s["arrival"]
+    assert abs(arrival["achieved_rate"] - target) / target <= 0.05, arrival
+    # 160 requests at 40/s: the window is about 4 s long, not as short as the server allows.
+    assert 3.5 <= s["window_s"] <= 6.0
+    frame = pd.read_parquet(sweep.experiment(sweep.experiment_ids()[0]).client_records(0))
+    measured = frame[frame.phase == 1]
+    gaps = measured.start_ns.diff().dropna() / 1e9
+    assert gaps.std() > 0.3 * gaps.mean()  # irregular (Poisson) gaps, not a metronome
+
+
+def test_server_killed_mid_run_is_invalid_and_listed_not_plotted(write_grid, tmp_path, models_dir, capsys):
+    import threading
+    import time
+
+    data = grid(models_dir, experiment={"servers": [2], "clients": [2]},
+                measure={"duration_s": 6, "requests": None})
+    path = write_grid(data)
+    out = tmp_path / "sweep"
+    assert cli.main(["generate", "--grid", str(path), "--out", str(out)]) == 0
+    sweep = SweepPaths(out)
+    exp = sweep.experiment(sweep.experiment_ids()[0])
+    killed: list[str] = []
+
+    def kill_one_server() -> None:
+        deadline = time.monotonic() + 120
+        while not (exp.barrier / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)
+        pids = subprocess.run(["pgrep", "-f", f"model_config_file={exp.model_config}"],
+                              capture_output=True, text=True).stdout.split()
+        if pids:
+            subprocess.run(["kill", "-9", pids[-1]])
+            killed.append(pids[-1])
+
+    killer = threading.Thread(target=kill_one_server)
+    killer.start()
+    rc = cli.main(["run", "--grid", str(path), "--out", str(out)])
+    killer.join()
+    assert killed, "no server process found to kill"
+    assert rc != 0
+    (s,) = summaries(sweep)
+    assert not s["valid"] and s["throughput"]["samples_per_s"] is None
+    assert any("exited during the measured window" in r for r in s["reasons"]), s["reasons"]
+    assert not leftover_processes(sweep)
+
+    capsys.readouterr()
+    assert cli.main(["analyze", "--grid", str(path), "--out", str(out)]) == 0
+    dataset = pd.read_csv(sweep.dataset_csv)
+    assert not dataset["valid"].any() and dataset["samples_per_s"].isna().all()
+    report = (out / "report" / "index.html")
+    if report.exists():  # written by the report step of analyze
+        html = report.read_text()
+        assert exp.root.name in html and "exited during the measured window" in html

@@ -76,3 +76,39 @@ def test_no_measured_request_is_invalid():
     s = summarize(empty, batch=1, clients=[], backend_counts={}, min_backend_share=0.5)
     assert not s["valid"] and "no measured request" in s["reasons"]
     assert window_s(np.zeros(0), np.zeros(0)) == 0.0
+
+
+def test_stability_windows_flag_a_drifting_run():
+    from osmi_ee.osmi.metrics import stability_problem, window_figures
+
+    # 300 requests of 10 ms back to back, then 100 of 30 ms: throughput drops by 3x.
+    lat = np.array([10e6] * 300 + [30e6] * 100, np.int64)
+    start = np.concatenate([[0], np.cumsum(lat)[:-1]]).astype(np.int64)
+    ok = np.ones(lat.size, bool)
+    windows = window_figures(start, start + lat, ok, lat, batch=1, k=3)
+    assert len(windows) == 3
+    problem = stability_problem(windows, 0.1)
+    assert problem and problem.startswith("unstable")
+    steady = window_figures(start[:300], start[:300] + lat[:300], ok[:300], lat[:300], 1, 3)
+    assert stability_problem(steady, 0.1) is None
+    s = summarize({"client": np.zeros(400, np.int64), "phase": np.ones(400, np.int64), "start_ns": start,
+                   "latency_ns": lat, "code": np.zeros(400, np.int64)}, batch=1,
+                  clients=[{"client": 0, "exit_code": 0, "sent": 400, "ok": 400, "failed": 0, "errors": {}}],
+                  backend_counts={}, min_backend_share=0.5, stability_windows=3)
+    assert not s["valid"] and s["measurement"]["stable"] is False
+
+
+def test_arrival_rate_counts_sends_inside_the_schedule():
+    from osmi_ee.osmi.metrics import arrival_figures
+
+    start = (np.arange(100) * 1e7).astype(np.int64)  # 100 requests scheduled over 1 s
+    on_time = arrival_figures(start, np.zeros(100, np.int64), 100.0)
+    assert on_time["achieved_rate"] == pytest.approx(100.0) and on_time["late"] == 0
+    lagging = arrival_figures(start, (np.arange(100) * 5e6).astype(np.int64), 100.0)  # falls behind
+    assert lagging["achieved_rate"] < 70 and lagging["late"] > 50
+
+
+def test_min_duration_rule():
+    s = summarize(records(10, 1), batch=1, clients=client_summaries(10, 1), backend_counts={},
+                  min_backend_share=0.5, min_duration_s=5.0)
+    assert not s["valid"] and any("shorter than the minimum" in r for r in s["reasons"])
