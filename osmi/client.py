@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import threading
 import time
+
+_IMPORTED_AT = time.time()
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +127,16 @@ class ResponseChecker:
         return None
 
 
+def _process_start_s() -> float:
+    """This process's start time (epoch s), from /proc: includes interpreter start-up."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:
+        return _IMPORTED_AT
+
+
 def wait_for_go(barrier: Path, client: int, timeout_s: float) -> float:
     """Says ready, then waits for the runner's `go` file; returns the start time (epoch s)."""
     barrier.mkdir(parents=True, exist_ok=True)
@@ -189,6 +202,7 @@ def run_client(args: argparse.Namespace) -> dict:
 
         future.add_done_callback(finished)
 
+    startup_s = time.time() - _process_start_s()  # interpreter start to first request
     try:
         warm_end = time.perf_counter_ns() + int(args.warmup_s * 1e9)
         i = 0
@@ -205,9 +219,12 @@ def run_client(args: argparse.Namespace) -> dict:
         plan = Plan(args.scenario, args.streams, args.requests, args.duration_s, args.rate,
                     args.seed + args.client_id)
         issuer = Issuer(send)
+        # Process CPU (all threads) spent generating load: the client's own cost per request.
+        cpu0 = time.process_time()
         RUNNERS[args.scenario](issuer, plan, start_ns)
         if not issuer.wait_idle(args.timeout_s + 30):
             raise TimeoutError("requests still in flight after their deadline")
+        cpu_s = time.process_time() - cpu0
     finally:
         channel.close()
 
@@ -228,6 +245,9 @@ def run_client(args: argparse.Namespace) -> dict:
         "ok": int((codes == 0).sum()),
         "failed": int((codes != 0).sum()),
         "errors": errors,
+        "startup_s": startup_s,
+        "cpu_s_measured": cpu_s,
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     order = np.argsort(records.start_ns[:n], kind="stable")  # callbacks finish out of order
     for name in Records.COLUMNS:
