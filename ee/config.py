@@ -68,6 +68,8 @@ class Serve:
 @dataclass(frozen=True)
 class Job:
     time: str = "00:30:00"  # Slurm wall-time limit of one experiment
+    nodes: int = 1  # nodes per job: shards on the first, clients spread over all with srun
+    clients_launcher: str = "auto"  # auto (srun when nodes > 1) | local | srun
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,9 @@ _SERVE_RULES = {
     "startup_timeout_s": (lambda v: _is_number(v) and v > 0, "a number > 0"),
 }
 _JOB_RULES = {"time": (lambda v: isinstance(v, str) and bool(TIME_RE.match(v)),
-                       'a quoted Slurm time "[D-]HH:MM:SS"')}
+                       'a quoted Slurm time "[D-]HH:MM:SS"'),
+              "nodes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+              "clients_launcher": (lambda v: v in ("auto", "local", "srun"), "one of auto, local, srun")}
 
 
 def _check_measure(checker: _Checker, data: dict[str, Any]) -> Measure:

@@ -35,7 +35,7 @@ def sbatch_lines(experiment: Experiment) -> list[str]:
         f"--job-name={experiment.id}",
         "--output=logs/slurm-%j.out",  # relative: sbatch runs with --chdir=<experiment dir>
         f"--time={experiment.grid.job.time}",
-        "--nodes=1",
+        f"--nodes={experiment.grid.job.nodes}",
         "--ntasks=1",
         f"--cpus-per-task={gpu.cpus_per_task}",
         f"--mem={gpu.mem}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import threading
@@ -273,13 +274,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5, help="requests before the measured window (not counted)")
     parser.add_argument("--warmup-s", type=float, default=0.0, help="... and warm up for at least this long")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="deadline of one request")
-    parser.add_argument("--client-id", type=int, default=0)
+    parser.add_argument("--client-id", type=int, default=None,
+                        help="this client's number (default: $SLURM_PROCID under srun, else 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--records", required=True, help="per-request records (Parquet) to write")
     parser.add_argument("--summary", help="client summary (JSON) to write; default: print it")
     parser.add_argument("--barrier", help="folder to report ready in and wait for a `go` file (job runner)")
     parser.add_argument("--barrier-timeout-s", type=float, default=600.0)
     args = parser.parse_args(argv)
+    if args.client_id is None:
+        args.client_id = int(os.environ.get("SLURM_PROCID", "0"))
+    # One command line for all srun tasks: {k} in a path is the client's number.
+    args.records = args.records.replace("{k}", str(args.client_id))
+    if args.summary:
+        args.summary = args.summary.replace("{k}", str(args.client_id))
     if args.requests is None and args.duration_s is None:
         args.requests = 100
     if args.batch < 1 or (args.requests is not None and args.requests < 1) or args.warmup < 0:

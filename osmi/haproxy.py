@@ -49,7 +49,7 @@ def render_config(frontend_port: int, stats_port: int, backends: list[Backend], 
         lines.append(f"    server {b.name} {b.host}:{b.port} proto h2 check inter 500ms rise 1 fall 2")
     lines += [
         "listen stats",
-        f"    bind {host}:{stats_port}",
+        f"    bind 127.0.0.1:{stats_port}",
         "    mode http",
         "    stats enable",
         "    stats uri /stats",

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import traceback
@@ -166,7 +167,10 @@ class ExperimentRun:
 
     def start_balancer(self, backends: list[haproxy.Backend]) -> tuple[int, int]:
         port, stats_port = free_port(), free_port()
-        cfg = haproxy.render_config(port, stats_port, backends, timeout_s=self.grid.measure.timeout_s)
+        # Clients on other nodes must reach the balancer; on one node keep it on loopback.
+        bind = "0.0.0.0" if self.grid.job.nodes > 1 else "127.0.0.1"
+        cfg = haproxy.render_config(port, stats_port, backends, timeout_s=self.grid.measure.timeout_s,
+                                    host=bind)
         write_atomic(self.paths.haproxy_config, cfg)
         command = self.grid.profile.haproxy
         if not shutil.which(command[0]):
@@ -186,21 +190,34 @@ class ExperimentRun:
         shutil.rmtree(barrier, ignore_errors=True)
         barrier.mkdir(parents=True)
         m = self.params["clients"]
+        job = self.grid.job
+        use_srun = job.clients_launcher == "srun" or (job.clients_launcher == "auto" and job.nodes > 1)
+        host = socket.gethostname() if job.nodes > 1 else "127.0.0.1"
+        common = [sys.executable, "-m", "osmi_ee.osmi.client", f"--target={host}:{port}",
+                  f"--model={self.params['model']}", f"--batch={self.params['batch']}",
+                  f"--scenario={self.params['scenario']}", f"--streams={measure.streams}",
+                  f"--warmup={measure.warmup_requests}", f"--warmup-s={measure.warmup_s}",
+                  f"--timeout-s={measure.timeout_s}", f"--seed={measure.seed}", f"--barrier={barrier}",
+                  f"--duration-s={measure.duration_s}" if measure.duration_s else f"--requests={measure.requests}"]
+        if self.params["rate"]:  # the target is for all clients together
+            common.append(f"--rate={self.params['rate'] / m}")
         children = []
-        for k in range(m):
-            argv = [sys.executable, "-m", "osmi_ee.osmi.client", f"--target=127.0.0.1:{port}",
-                    f"--model={self.params['model']}", f"--batch={self.params['batch']}",
-                    f"--scenario={self.params['scenario']}", f"--streams={measure.streams}",
-                    f"--warmup={measure.warmup_requests}", f"--warmup-s={measure.warmup_s}",
-                    f"--timeout-s={measure.timeout_s}",
-                    f"--client-id={k}", f"--seed={measure.seed}",
-                    f"--records={self.paths.client_records(k)}", f"--summary={self.paths.client_summary(k)}",
-                    f"--barrier={barrier}"]
-            argv.append(f"--duration-s={measure.duration_s}" if measure.duration_s
-                        else f"--requests={measure.requests}")
-            if self.params["rate"]:  # the target is for all clients together
-                argv.append(f"--rate={self.params['rate'] / m}")
-            children.append(self.group.start(f"client {k}", argv, self.paths.client_log(k)))
+        if use_srun:
+            if not os.environ.get("SLURM_JOB_ID") or not shutil.which("srun"):
+                raise SetupError("job.clients_launcher is srun but this is not a Slurm job")
+            # One step of M tasks spread over the job's nodes; each task's id is its
+            # SLURM_PROCID, and {k} in the paths becomes that id. --overlap: the step
+            # shares CPUs with the batch step that runs the shards.
+            argv = ["srun", "--overlap", "--overcommit", f"--nodes={job.nodes}", f"--ntasks={m}",
+                    "--kill-on-bad-exit=0", *common,
+                    f"--records={self.paths.results}/requests-client{{k}}.parquet",
+                    f"--summary={self.paths.results}/client-{{k}}.json"]
+            children.append(self.group.start("clients (srun)", argv, self.paths.logs / "clients-srun.log"))
+        else:
+            for k in range(m):
+                argv = [*common, f"--client-id={k}", f"--records={self.paths.client_records(k)}",
+                        f"--summary={self.paths.client_summary(k)}"]
+                children.append(self.group.start(f"client {k}", argv, self.paths.client_log(k)))
 
         # Everyone warmed up before the window opens, so the window holds M active clients.
         warm_deadline = time.monotonic() + measure.timeout_s * (measure.warmup_requests + 1) + 60
@@ -238,7 +255,8 @@ class ExperimentRun:
         after = haproxy.request_counts(stats_port)
         self.backend_counts = {name: after.get(name, 0) - before.get(name, 0) for name in after}
         write_json(self.paths.backends, {"before": before, "after": after, "measured": self.backend_counts})
-        for k, child in enumerate(children):
+        for k in range(m):
+            child = children[0] if use_srun else children[k]
             entry: dict[str, Any] = {"client": k, "exit_code": child.process.returncode}
             try:
                 entry.update(json.loads(self.paths.client_summary(k).read_text()))

@@ -87,3 +87,10 @@ def test_shipped_profiles_load():
     for path in (REPO / "slurm" / "profiles").glob("*.yaml"):
         profile = load_profile(path.stem)
         assert profile.gpus and profile.haproxy
+
+
+def test_multi_node_jobs_ask_for_their_nodes(write_grid, tmp_path):
+    grid = write_grid({"name": "mn", "profile": "rivanna", "experiment": {"model": ["small_lstm"], "gpu": ["a100"]},
+                       "job": {"nodes": 2}})
+    (experiment,) = generate(load_grid(grid), tmp_path / "s")
+    assert "#SBATCH --nodes=2\n" in (tmp_path / "s" / experiment.id / "job.slurm").read_text()

@@ -123,3 +123,23 @@ def test_scancel_stops_everything_and_records_failure(on_slurm, write_grid, tmp_
         summary = json.loads(exp.summary.read_text())
         assert summary["valid"] is False
         assert summary["throughput"]["samples_per_s"] is None
+
+
+def test_clients_launched_with_srun(on_slurm, write_grid, tmp_path, models_dir, capsys):
+    """The multi-node client path (one srun step of M tasks), exercised on one node."""
+    data = smoke_grid(models_dir)
+    data["experiment"].update(servers=[1], clients=[3])
+    data["job"]["clients_launcher"] = "srun"
+    grid = write_grid(data)
+    out = tmp_path / "sweep"
+    assert cli.main(["generate", "--grid", str(grid), "--out", str(out)]) == 0
+    assert cli.main(["submit", "--grid", str(grid), "--out", str(out)]) == 0
+    sweep = SweepPaths(out)
+    (job_id,) = [v[-1] for v in json.loads(sweep.jobs.read_text()).values()]
+    assert slurm_cluster.wait_for_jobs([job_id], timeout_s=300, env=on_slurm)[job_id] == "COMPLETED"
+    exp = sweep.experiment(sweep.experiment_ids()[0])
+    summary = json.loads(exp.summary.read_text())
+    assert summary["valid"], summary["reasons"]
+    assert [c["client"] for c in summary["clients"]] == [0, 1, 2]
+    assert summary["requests"]["sent"] == 3 * 30
+    assert (exp.logs / "clients-srun.log").exists()
