@@ -1,7 +1,11 @@
-"""`osmi-analyze SWEEP_DIR`: dataset + figures for one sweep, and a summary table.
+"""`osmi-analyze SWEEP_DIR`: dataset, per-configuration summary, figures and
+the HTML report for one sweep, and a summary table.
 
-The last stdout line is always `dataset: <absolute path to dataset.csv>` so
-scripts (and `make analyze`) can pick the file up without parsing the table.
+Writes `dataset.csv`/`.parquet` (one row per run), `dataset_summary.csv` (one
+row per configuration, repeats with 95% CI), `plots/` and `report/index.html`
+(both skipped with --no-plots). The last stdout line is always
+`dataset: <absolute path to dataset.csv>` so scripts (and `make analyze`) can
+pick the file up without parsing the table; `report: <path>` comes just before.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from .collect import SweepError, collect, write_dataset
+from .collect import SweepError, aggregate, collect, write_dataset, write_summary
 
 MAX_INVALID_LISTED = 20  # keep the "invalid:" line a line, not a page
 
@@ -38,9 +42,9 @@ def _latency_cell(row: pd.Series) -> str:
 
 
 def _table_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
-    """(header, column) pairs; gpu/repeat only when they vary, to stay short."""
+    """(header, column) pairs; gpu/scenario/rate/repeat only when they vary, to stay short."""
     cols = [(c, c) for c in ("model", "servers", "clients", "batch") if c in df.columns]
-    for extra in ("gpu", "repeat"):
+    for extra in ("gpu", "scenario", "rate", "repeat"):
         if extra in df.columns and df[extra].nunique(dropna=False) > 1:
             cols.append((extra, extra))
     return cols
@@ -58,7 +62,7 @@ def format_table(df: pd.DataFrame, max_rows: int) -> list[str]:
                   _cell(row["backend_shares"])]
         body.append(cells)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    numeric = {h for h in header if h not in ("model", "valid", "shares", "gpu")}
+    numeric = {h for h in header if h not in ("model", "valid", "shares", "gpu", "scenario")}
 
     def line(cells: list[str]) -> str:
         out = [c.rjust(w) if h in numeric else c.ljust(w) for c, w, h in zip(cells, widths, header)]
@@ -82,15 +86,31 @@ def invalid_line(df: pd.DataFrame) -> str | None:
     return f"invalid ({len(bad)} of {len(df)}): " + "; ".join(items) + tail
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of milliseconds, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="osmi-analyze",
-        description="Collect a sweep's results into dataset.csv/.parquet and draw "
-        "its figures (PNG + SVG) into SWEEP_DIR/plots/.",
+        description="Collect a sweep's results into dataset.csv/.parquet and "
+        "dataset_summary.csv (one row per configuration, with the 95% CI over repeats), "
+        "draw its figures (PNG + SVG) into SWEEP_DIR/plots/ and write the HTML report "
+        "SWEEP_DIR/report/index.html with a recommended configuration per model.",
     )
     parser.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path,
                         help="sweep directory holding sweep.json and one folder per experiment")
-    parser.add_argument("--no-plots", action="store_true", help="write the dataset only")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="write the dataset and its summary only (no plots, no report)")
+    parser.add_argument("--slo-p99-ms", type=_positive_float, default=None, metavar="X",
+                        help="latency SLO for the recommendation: p99 <= X ms (default: per "
+                        "model, the median p99 of its valid runs)")
     parser.add_argument("--rows", type=int, default=40, metavar="N",
                         help="print at most N table rows (default 40)")
     return parser
@@ -105,16 +125,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"osmi-analyze: error: {exc}", file=sys.stderr)
         return 2
     csv_path, _ = write_dataset(df, sweep_dir)
+    summary_path = write_summary(aggregate(df), sweep_dir)
+    report_path = None
     if not args.no_plots:
         from .plots import make_plots  # matplotlib import only when plotting
+        from .report import write_report
 
         paths = make_plots(df, sweep_dir / "plots")
         print(f"plots: {len(paths)} files in {sweep_dir / 'plots'}")
+        report_path = write_report(df, sweep_dir, slo_p99_ms=args.slo_p99_ms)
     for line in format_table(df, max(0, args.rows)):
         print(line)
     bad = invalid_line(df)
     if bad:
         print(bad)
+    print(f"summary: {summary_path.resolve()}")
+    if report_path is not None:
+        print(f"report: {report_path.resolve()}")
     print(f"dataset: {csv_path.resolve()}")
     return 0
 

@@ -7,7 +7,10 @@ resolved `config.yaml` and, once the job finished, `results/summary.json`.
 
 Rules that keep the numbers honest:
   * every experiment listed in sweep.json gets a row, finished or not;
-  * an invalid run never carries a throughput, even if its summary has one;
+  * an invalid run never carries a throughput (nor a cost or energy per
+    sample, which derive from it), even if its summary has one;
+  * a figure that was not measured is NaN/NA, never 0 (older summaries have
+    no `measurement`, `arrival` or `telemetry` block: those columns stay NA);
   * rows are built as plain dicts and turned into a frame once, so thousands
     of summaries read in well under a second.
 """
@@ -23,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 SUMMARY_SCHEMA = "osmi-ee/summary/1"
@@ -46,6 +50,15 @@ FLOAT_COLUMNS: tuple[str, ...] = (
     "latency_max_ms",
     "backend_share_min",
     "backend_share_max",
+    "target_rate",
+    "achieved_rate",
+    "server_cpu_percent_mean",
+    "server_rss_mb_max",
+    "gpu_util_percent_mean",
+    "gpu_power_w_mean",
+    "energy_j_per_sample",
+    "price_per_gpu_hour",
+    "cost_per_million_samples",
 )
 INT_COLUMNS: tuple[str, ...] = ("sent", "ok", "failed", "samples_ok")
 TEXT_COLUMNS: tuple[str, ...] = (
@@ -80,7 +93,20 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "server_kind",
     "started_at",
     "finished_at",
+    # Newer summaries (absent -> NA): measurement stability, open-loop arrival,
+    # telemetry, and the price of the GPU type from the resolved profile.
+    "stable",
+    "target_rate",
+    "achieved_rate",
+    "server_cpu_percent_mean",
+    "server_rss_mb_max",
+    "gpu_util_percent_mean",
+    "gpu_power_w_mean",
+    "energy_j_per_sample",
+    "price_per_gpu_hour",
+    "cost_per_million_samples",
 )
+BOOL_NA_COLUMNS: tuple[str, ...] = ("stable",)  # True / False / NA (not judged)
 FIXED_COLUMNS: frozenset[str] = frozenset(("experiment_id", *METRIC_COLUMNS))
 
 
@@ -142,12 +168,8 @@ def _read_summary(exp_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
     return data, None
 
 
-def _read_config_params(exp_dir: Path) -> dict[str, Any]:
-    """The `experiment:` mapping of config.yaml; {} when absent or unreadable.
-
-    Only called when the summary cannot supply the axes, so YAML (slow in pure
-    Python) stays off the hot path.
-    """
+def _read_config(exp_dir: Path) -> dict[str, Any]:
+    """config.yaml as a dict; {} when absent or unreadable."""
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -156,8 +178,27 @@ def _read_config_params(exp_dir: Path) -> dict[str, Any]:
             config = yaml.load(fh, Loader=loader)
     except (OSError, yaml.YAMLError):
         return {}
-    experiment = config.get("experiment") if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
+def _config_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The `experiment:` mapping of a config; {} when absent."""
+    experiment = config.get("experiment")
     return dict(experiment) if isinstance(experiment, Mapping) else {}
+
+
+def _config_price(config: Mapping[str, Any], gpu: Any) -> float:
+    """`profile.gpus.<gpu>.price_per_gpu_hour` of a resolved config; NaN when
+    absent, null or not a non-negative number."""
+    if gpu is None:
+        gpu = _config_params(config).get("gpu")
+    profile = config.get("profile")
+    gpus = profile.get("gpus") if isinstance(profile, Mapping) else None
+    entry = gpus.get(gpu) if isinstance(gpus, Mapping) and gpu is not None else None
+    if not isinstance(entry, Mapping):
+        return math.nan
+    price = _finite(entry.get("price_per_gpu_hour"))
+    return price if price >= 0 else math.nan
 
 
 # --------------------------------------------------------------------------
@@ -169,6 +210,22 @@ def _num(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return math.nan
     return float(value)
+
+
+def _finite(value: Any) -> float:
+    """Like `_num`, but infinities are NaN too."""
+    value = _num(value)
+    return value if math.isfinite(value) else math.nan
+
+
+def _mean(values: Iterable[float]) -> float:
+    known = [v for v in values if not math.isnan(v)]
+    return sum(known) / len(known) if known else math.nan
+
+
+def _max(values: Iterable[float]) -> float:
+    known = [v for v in values if not math.isnan(v)]
+    return max(known) if known else math.nan
 
 
 def _int(value: Any) -> int | None:
@@ -210,8 +267,48 @@ def _empty_metrics(status: str, reason: str) -> dict[str, Any]:
     row: dict[str, Any] = {col: math.nan for col in FLOAT_COLUMNS}
     row.update({col: None for col in INT_COLUMNS})
     row.update({col: "" for col in TEXT_COLUMNS})
+    row.update({col: None for col in BOOL_NA_COLUMNS})
     row.update(valid=False, status=status, reason=reason)
     return row
+
+
+def _stable(measurement: Any) -> bool | None:
+    if not isinstance(measurement, Mapping):
+        return None
+    stable = measurement.get("stable")
+    return stable if isinstance(stable, bool) else None
+
+
+def _arrival_columns(arrival: Any) -> dict[str, float]:
+    arrival = arrival if isinstance(arrival, Mapping) else {}
+    return {"target_rate": _finite(arrival.get("target_rate")),
+            "achieved_rate": _finite(arrival.get("achieved_rate"))}
+
+
+def _entries(block: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(block, Mapping):
+        return []
+    return [v for v in block.values() if isinstance(v, Mapping)]
+
+
+def _telemetry_columns(telemetry: Any) -> dict[str, float]:
+    """Server CPU (mean over servers), RSS (max), GPU utilisation and power
+    (mean over GPUs) and energy per sample; NaN for whatever was not measured.
+
+    A non-positive energy per sample is a meter that did not run, not a free
+    lunch: it is NaN too.
+    """
+    telemetry = telemetry if isinstance(telemetry, Mapping) else {}
+    servers = _entries(telemetry.get("servers"))
+    gpus = _entries(telemetry.get("gpus"))
+    energy = _finite(telemetry.get("energy_j_per_sample"))
+    return {
+        "server_cpu_percent_mean": _mean(_finite(s.get("cpu_percent_mean")) for s in servers),
+        "server_rss_mb_max": _max(_finite(s.get("rss_mb_max")) for s in servers),
+        "gpu_util_percent_mean": _mean(_finite(g.get("util_percent_mean")) for g in gpus),
+        "gpu_power_w_mean": _mean(_finite(g.get("power_w_mean")) for g in gpus),
+        "energy_j_per_sample": energy if energy > 0 else math.nan,
+    }
 
 
 def _summary_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -240,10 +337,31 @@ def _summary_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("server_kind", "started_at", "finished_at"):
         value = summary.get(key)
         row[key] = "" if value is None else str(value)
+
+    row["stable"] = _stable(summary.get("measurement"))
+    row.update(_arrival_columns(summary.get("arrival")))
+    row.update(_telemetry_columns(summary.get("telemetry")))
+    if not valid:  # a per-sample figure of an invalid run is a speed in disguise
+        row["energy_j_per_sample"] = math.nan
     return row
 
 
-def _experiment_row(sweep_dir: Path, exp_id: str, axes: list[str]) -> dict[str, Any]:
+def cost_per_million_samples(price_per_gpu_hour: float, servers: Any, samples_per_s: float) -> float:
+    """Price of serving 1e6 samples at the measured speed with one GPU per
+    server: price * servers / 3600 / samples_per_s * 1e6. NaN when the price,
+    the server count or the speed is missing or not positive (price 0 is 0)."""
+    n = _int(servers)
+    price, speed = _finite(price_per_gpu_hour), _finite(samples_per_s)
+    if n is None or n < 1 or math.isnan(price) or price < 0 or math.isnan(speed) or speed <= 0:
+        return math.nan
+    return price * n / 3600.0 / speed * 1e6
+
+
+def _experiment_row(sweep_dir: Path, exp_id: str, axes: list[str],
+                    prices: dict[Any, float] | None = None) -> dict[str, Any]:
+    """One flat row. `prices` caches price_per_gpu_hour by GPU type across the
+    sweep (one sweep = one profile), so config.yaml is parsed once per GPU type
+    rather than once per experiment; YAML stays off the hot path."""
     exp_dir = sweep_dir / exp_id
     summary, problem = _read_summary(exp_dir)
     if summary is not None:
@@ -253,8 +371,24 @@ def _experiment_row(sweep_dir: Path, exp_id: str, axes: list[str]) -> dict[str, 
         metrics, params = _empty_metrics(STATUS_UNREADABLE, problem), {}
     else:
         metrics, params = _empty_metrics(STATUS_MISSING, MISSING_REASON), {}
+    config: dict[str, Any] | None = None
     if any(axis not in params for axis in axes):
-        params = {**_read_config_params(exp_dir), **params}
+        config = _read_config(exp_dir)
+        params = {**_config_params(config), **params}
+    prices = {} if prices is None else prices
+    gpu = params.get("gpu")
+    gpu_key = gpu if isinstance(gpu, (str, int, float, bool)) or gpu is None else _text(gpu)
+    if gpu_key not in prices:
+        if config is None:
+            config = _read_config(exp_dir)
+        price = _config_price(config, gpu)
+        if config:  # an absent or unreadable config must not poison the cache
+            prices[gpu_key] = price
+    else:
+        price = prices[gpu_key]
+    metrics["price_per_gpu_hour"] = price
+    metrics["cost_per_million_samples"] = cost_per_million_samples(
+        price, params.get("servers"), metrics["samples_per_s"])
     # Param names that clash with metric columns must not overwrite the metrics.
     params = {str(k): v for k, v in params.items() if str(k) not in FIXED_COLUMNS}
     return {"experiment_id": exp_id, "_params": params, **metrics}
@@ -309,6 +443,8 @@ def _frame(rows: list[dict[str, Any]], axes: list[str]) -> pd.DataFrame:
         values = [r[name] for r in rows]
         if name == "valid":
             columns[name] = pd.Series(values, dtype="bool")
+        elif name in BOOL_NA_COLUMNS:
+            columns[name] = pd.Series(values, dtype="boolean")
         elif name in INT_COLUMNS:
             columns[name] = pd.Series(values, dtype="Int64")
         elif name in FLOAT_COLUMNS:
@@ -326,7 +462,8 @@ def collect(sweep_dir: Path | str) -> pd.DataFrame:
     sweep_dir = Path(sweep_dir)
     sweep = load_sweep(sweep_dir)
     axes = sweep["axes"]
-    rows = [_experiment_row(sweep_dir, exp_id, axes) for exp_id in sweep["experiments"]]
+    prices: dict[Any, float] = {}
+    rows = [_experiment_row(sweep_dir, exp_id, axes, prices) for exp_id in sweep["experiments"]]
     return _frame(rows, axes)
 
 
@@ -370,6 +507,22 @@ def write_dataset(df: pd.DataFrame, sweep_dir: Path | str) -> tuple[Path, Path]:
     return csv_path, parquet_path
 
 
+def _bool_na(series: pd.Series) -> pd.Series:
+    """True/False/NA from bools, "True"/"False" text or NaN (as CSV reads them)."""
+    if isinstance(series.dtype, pd.BooleanDtype):
+        return series
+    mapping = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
+
+    def one(value: Any) -> Any:
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            return pd.NA
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        return mapping.get(str(value).strip().lower(), pd.NA)
+
+    return pd.Series([one(v) for v in series], index=series.index, dtype="boolean", name=series.name)
+
+
 def load_dataset(path: Path | str) -> pd.DataFrame:
     """Read dataset.csv or dataset.parquet back with the dtypes `collect` gives.
 
@@ -377,19 +530,208 @@ def load_dataset(path: Path | str) -> pd.DataFrame:
     undoes that so both files load to the same frame.
     """
     path = Path(path)
+    raw: pd.DataFrame | None = None
     if path.suffix == ".parquet":
         df = pd.read_parquet(path)
     else:
         df = pd.read_csv(path)  # pandas >= 3 parses floats round-trip exact
+        # An integer axis with empty cells (e.g. `rate`: null for closed loop)
+        # reads back as float; its text ("50", not "50.0") tells them apart.
+        floats = [c for c in df.columns if c not in FIXED_COLUMNS
+                  and pd.api.types.is_float_dtype(df[c])]
+        if floats:
+            raw = pd.read_csv(path, usecols=floats, dtype=str, keep_default_na=False)
     for col in df.columns:
+        if raw is not None and col in raw.columns:
+            text = raw[col][raw[col] != ""]
+            if text.empty:  # a param no row has: text NA, as collect gives it
+                df[col] = pd.Series([None] * len(df), index=df.index, dtype="str")
+            elif text.str.fullmatch(r"-?\d+").all():
+                df[col] = df[col].astype("Int64")
+            continue
         if col in TEXT_COLUMNS or col == "experiment_id":
-            df[col] = df[col].fillna("").astype("str")
+            values = df[col]
+            df[col] = values.astype(object).where(values.notna(), "").astype("str")
         elif col in INT_COLUMNS:
             df[col] = df[col].astype("Int64")
         elif col in FLOAT_COLUMNS:
             df[col] = df[col].astype("float64")
         elif col == "valid":
             df[col] = df[col].astype("bool")
+        elif col in BOOL_NA_COLUMNS:
+            df[col] = _bool_na(df[col])
         elif pd.api.types.is_integer_dtype(df[col]):
             df[col] = df[col].astype("Int64")
     return df
+
+
+# --------------------------------------------------------------------------
+# Repeats -> one row per configuration
+
+CONFIDENCE = 0.95
+SUMMARY_COUNT_COLUMNS: tuple[str, ...] = ("n_runs", "n", "n_invalid", "n_missing", "n_unstable")
+
+
+def _t_abs_cdf(t: float, dof: int) -> float:
+    """P(|T| <= t) for Student's t with integer `dof` degrees of freedom
+    (closed form, Abramowitz & Stegun 26.7.3/26.7.4; no SciPy needed)."""
+    theta = math.atan(t / math.sqrt(dof))
+    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
+    term = total = 1.0
+    if dof % 2 == 1:
+        for k in range(1, (dof - 3) // 2 + 1):
+            term *= (2 * k) / (2 * k + 1) * cos2
+            total += term
+        tail = math.sin(theta) * math.cos(theta) * total if dof > 1 else 0.0
+        return 2.0 / math.pi * (theta + tail)
+    for k in range(1, (dof - 2) // 2 + 1):
+        term *= (2 * k - 1) / (2 * k) * cos2
+        total += term
+    return sin * total
+
+
+_T_CACHE: dict[tuple[float, int], float] = {}
+
+
+def t_quantile(confidence: float, dof: int) -> float:
+    """Two-sided Student t critical value: P(|T| <= q) = confidence.
+
+    t_quantile(0.95, 2) = 4.3027, (0.95, 10) = 2.2281; NaN for dof < 1.
+    """
+    if dof < 1 or not 0.0 < confidence < 1.0:
+        return math.nan
+    key = (confidence, dof)
+    if key in _T_CACHE:
+        return _T_CACHE[key]
+    if dof > 2000:  # the t distribution is normal to < 1e-3 here; skip the long series
+        from statistics import NormalDist
+
+        q = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    else:
+        lo, hi = 0.0, 1.0
+        while _t_abs_cdf(hi, dof) < confidence:
+            lo, hi = hi, hi * 2.0
+        for _ in range(100):
+            mid = (lo + hi) / 2.0
+            if _t_abs_cdf(mid, dof) < confidence:
+                lo = mid
+            else:
+                hi = mid
+            if hi - lo < 1e-12 * max(1.0, hi):
+                break
+        q = (lo + hi) / 2.0
+    _T_CACHE[key] = q
+    return q
+
+
+def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, float]:
+    """(mean, sample std, ci_low, ci_high) of the finite values, Student t.
+
+    With one value the std and the interval are NaN (one run says nothing
+    about its spread); with none everything is NaN.
+    """
+    data = [float(v) for v in values if v is not None and not pd.isna(v) and math.isfinite(float(v))]
+    n = len(data)
+    if n == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    mean = sum(data) / n
+    if n == 1:
+        return mean, math.nan, math.nan, math.nan
+    std = math.sqrt(sum((v - mean) ** 2 for v in data) / (n - 1))
+    half = t_quantile(confidence, n - 1) * std / math.sqrt(n)
+    return mean, std, mean - half, mean + half
+
+
+def configuration_columns(df: pd.DataFrame) -> list[str]:
+    """The params that make a configuration: every axis except `repeat`."""
+    return [c for c in param_columns(df) if c != "repeat"]
+
+
+def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """One row per configuration (all params but `repeat`), in sweep order.
+
+    Only valid repeats with a speed enter the means (`n` of them); invalid or
+    unreadable repeats are counted in `n_invalid`, unfinished ones in
+    `n_missing`; `all_valid` is True only when every repeat is valid. The
+    95% interval of the mean samples/s uses Student's t with n - 1 degrees of
+    freedom (NaN for n == 1). Latency figures are means over the valid
+    repeats, plus the worst p99 (`latency_p99_ms_max`) for SLO checks. The
+    cost is the price of the mean speed; different scenarios or rates are
+    different configurations, never averaged together.
+    """
+    keys = configuration_columns(df)
+    if df.empty:
+        return pd.DataFrame(columns=[*keys, *SUMMARY_COUNT_COLUMNS, "all_valid", "samples_per_s_mean"])
+    # Group number per row, in order of first appearance (= sweep order).
+    if keys:
+        gid = df.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
+    else:
+        gid = np.zeros(len(df), dtype=int)
+    groups = int(gid.max()) + 1
+    first = pd.Series(np.arange(len(df))).groupby(gid, sort=True).first().to_numpy()
+    out = df.iloc[first][keys].reset_index(drop=True)  # keeps the params' dtypes
+
+    status = df["status"].astype(str).to_numpy()
+    ok = df["valid"].astype(bool).to_numpy() & df["samples_per_s"].notna().to_numpy()
+    if "stable" in df.columns:
+        unstable = df["stable"].astype("boolean").eq(False).fillna(False).to_numpy(bool) & ok
+    else:
+        unstable = np.zeros(len(df), dtype=bool)
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(gid, weights=mask.astype(float), minlength=groups).astype("int64")
+
+    def column(col: str, only_ok: bool = True) -> pd.Series:
+        if col not in df.columns:
+            return pd.Series(math.nan, index=df.index, dtype="float64")
+        values = pd.to_numeric(df[col], errors="coerce").astype("float64")
+        return values.where(ok) if only_ok else values
+
+    def by_group(col: str, how: str, only_ok: bool = True) -> np.ndarray:
+        grouped = column(col, only_ok).reset_index(drop=True).groupby(gid, sort=True)
+        return getattr(grouped, how)().reindex(range(groups)).to_numpy(float)
+
+    out["n_runs"] = np.bincount(gid, minlength=groups).astype("int64")
+    out["n"] = count(ok)
+    out["n_invalid"] = count(np.isin(status, [STATUS_INVALID, STATUS_UNREADABLE]))
+    out["n_missing"] = count(status == STATUS_MISSING)
+    out["n_unstable"] = count(unstable)
+    out["all_valid"] = (out["n"] == out["n_runs"]).astype(bool)
+    mean = by_group("samples_per_s", "mean")
+    std = by_group("samples_per_s", "std")  # ddof=1: NaN for a single run
+    n = out["n"].to_numpy()
+    tq = np.array([t_quantile(confidence, int(k) - 1) if k > 1 else math.nan for k in n])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = np.where(n > 1, tq * std / np.sqrt(np.maximum(n, 1)), np.nan)
+    out["samples_per_s_mean"] = mean
+    out["samples_per_s_std"] = np.where(n > 1, std, np.nan)
+    out["samples_per_s_ci95_low"] = mean - half
+    out["samples_per_s_ci95_high"] = mean + half
+    out["samples_per_s_ci95_half"] = half
+    for col in ("requests_per_s", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
+                "achieved_rate", "gpu_util_percent_mean", "gpu_power_w_mean"):
+        out[f"{col}_mean" if not col.endswith("_mean") else col] = by_group(col, "mean")
+    out["latency_p99_ms_max"] = by_group("latency_p99_ms", "max")
+    out["server_cpu_percent_mean"] = by_group("server_cpu_percent_mean", "mean")
+    out["server_rss_mb_max"] = by_group("server_rss_mb_max", "max")
+    out["energy_j_per_sample_mean"] = by_group("energy_j_per_sample", "mean")
+    price = by_group("price_per_gpu_hour", "mean", only_ok=False)
+    out["price_per_gpu_hour"] = price
+    servers = out["servers"].tolist() if "servers" in out.columns else [None] * groups
+    out["cost_per_million_samples"] = [cost_per_million_samples(p_, s_, m_)
+                                       for p_, s_, m_ in zip(price, servers, mean)]
+    order = [*keys, *SUMMARY_COUNT_COLUMNS, "all_valid", "samples_per_s_mean", "samples_per_s_std",
+             "samples_per_s_ci95_low", "samples_per_s_ci95_high", "samples_per_s_ci95_half",
+             "requests_per_s_mean", "latency_p50_ms_mean", "latency_p90_ms_mean",
+             "latency_p99_ms_mean", "latency_p99_ms_max", "achieved_rate_mean",
+             "server_cpu_percent_mean", "server_rss_mb_max", "gpu_util_percent_mean",
+             "gpu_power_w_mean", "energy_j_per_sample_mean", "price_per_gpu_hour",
+             "cost_per_million_samples"]
+    return out[order]
+
+
+def write_summary(summary: pd.DataFrame, sweep_dir: Path | str) -> Path:
+    """Write `<sweep_dir>/dataset_summary.csv` (atomically); return its path."""
+    path = Path(sweep_dir) / "dataset_summary.csv"
+    atomic_write(path, lambda tmp: summary.to_csv(tmp, index=False))
+    return path

@@ -85,8 +85,17 @@ def _facets(df: pd.DataFrame, keys: list[str]) -> list[tuple[tuple[Any, ...], pd
 def _facet_title(keys: Sequence[str], values: Sequence[Any]) -> str:
     parts = []
     for key, value in zip(keys, values):
+        if _missing(value):  # e.g. `rate` of a closed-loop run: not a value to print
+            continue
         parts.append(str(value) if key == "model" else f"{key}={value}")
     return ", ".join(parts) or "all experiments"
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def _server_colors(values: Sequence[Any]) -> dict[Any, Any]:
@@ -288,7 +297,7 @@ def _share_record(keys: list[str], key: Any, group: pd.DataFrame) -> dict[str, A
 
 def _share_label(row: pd.Series, extras: Sequence[str]) -> str:
     parts = [str(row.get("model", "")), f"b={row['batch']}", f"c={row['clients']}"]
-    parts += [f"{k}={row[k]}" for k in extras if k in row.index]
+    parts += [f"{k}={row[k]}" for k in extras if k in row.index and not _missing(row[k])]
     label = " ".join(parts)
     if row["n"] > 1:
         label += f" (×{row['n']})"

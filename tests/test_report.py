@@ -427,3 +427,13 @@ def test_cli_rejects_bad_slo(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert exc.value.code == 2
     assert "--slo-p99-ms" in capsys.readouterr().err
     assert not (sweep / "dataset.csv").exists()
+
+
+def test_report_without_valid_runs(built: dict[str, Any], tmp_path: Path) -> None:
+    df = built["df"]
+    index = write_report(df[~df["valid"]].reset_index(drop=True), tmp_path)
+    page = index.read_text()
+    assert "No valid runs" in page and "nothing to recommend" in page
+    assert built["invalid"] in table(page, "invalid-runs")
+    for src in re.findall(r'<img src="([^"]+)"', page):
+        assert (tmp_path / "report" / src).read_bytes().startswith(PNG_MAGIC)
