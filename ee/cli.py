@@ -94,7 +94,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from osmi_ee.analysis.cli import main as analyze_main
 
     sweep, _ = _sweep_for(args)
-    return analyze_main([str(sweep.root)] + (["--no-plots"] if args.no_plots else []))
+    extra = ["--no-plots"] if args.no_plots else []
+    if args.slo_p99_ms is not None:
+        extra += ["--slo-p99-ms", str(args.slo_p99_ms)]
+    return analyze_main([str(sweep.root), *extra])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("submit", "sbatch every experiment without a valid result or a queued job", cmd_submit)
     p.add_argument("--force", action="store_true", help="resubmit experiments that are already valid")
     add("status", "one line per experiment, then a summary line", cmd_status)
-    p = add("analyze", "aggregate results into dataset.csv/.parquet and plots", cmd_analyze)
-    p.add_argument("--no-plots", action="store_true")
+    p = add("analyze", "aggregate results into dataset.csv/.parquet, plots and report/index.html", cmd_analyze)
+    p.add_argument("--no-plots", action="store_true", help="dataset only: no plots, no report")
+    p.add_argument("--slo-p99-ms", type=float, help="latency objective for the recommender "
+                   "(default: each model's median p99)")
     return parser
 
 

@@ -2,12 +2,14 @@
 
     <sweep>/sweep.json                       the grid as validated + experiment ids
     <sweep>/jobs.json                        scheduler job ids per experiment (submit)
-    <sweep>/dataset.csv|.parquet, plots/     written by analyze
+    <sweep>/dataset.csv|.parquet, plots/     written by analyze, with dataset_summary.csv
+    <sweep>/report/index.html                (repeats with 95% CI) and the HTML report
     <sweep>/<id>/config.yaml                 resolved config of one experiment
     <sweep>/<id>/job.slurm                   rendered job script (runs under Slurm or bash)
     <sweep>/<id>/status                      one word: running | valid | invalid | failed
     <sweep>/<id>/logs/                       job, server-<k>, haproxy, client-<k> logs
-    <sweep>/<id>/results/                    summary.json, requests-client<k>.parquet, env.json ...
+    <sweep>/<id>/results/                    summary.json, requests-client<k>.parquet, env.json,
+                                             telemetry.parquet, backends.json, configs, barrier/
 """
 
 from __future__ import annotations
