@@ -61,5 +61,12 @@ demo: install
 test: install
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
+# Measure the tool itself (client CPU vs bare gRPC and the OSMI-style client, start-up, RSS,
+# HAProxy efficiency, generate and analyze speed); figures in build/bench.json, the last
+# stdout line is the same JSON object. BENCH_ARGS=--quick for a smoke run.
+BENCH_ARGS ?=
+bench: install
+	@$(PY) -m osmi_ee.osmi.bench $(BENCH_ARGS)
+
 clean:
 	rm -rf runs build .pytest_cache

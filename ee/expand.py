@@ -43,25 +43,32 @@ def permutations(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return ExperimentExecutor.permutation_generator(axes)
 
 
-def experiment_id(params: dict[str, Any], settings: dict[str, Any]) -> str:
+def experiment_id(params: dict[str, Any], settings: dict[str, Any], *,
+                  _settings_json: str | None = None) -> str:
     """Readable slug of the axis values plus a short hash of the whole config.
 
     The hash makes two sweeps of the same point with other settings distinct,
     and the same config always maps to the same directory (safe re-generate).
+    `_settings_json` (expand's cache) is `settings` as json.dumps writes it here.
     """
     parts = [f"{_SLUG_PREFIX.get(axis, '')}{params[axis]}" for axis in AXES
              if not (axis == "scenario" and params[axis] == "closed") and params.get(axis) is not None]
     slug = "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", part) for part in parts)
-    digest = hashlib.sha1(json.dumps([params, settings], sort_keys=True).encode()).hexdigest()[:6]
+    if _settings_json is None:
+        _settings_json = json.dumps(settings, sort_keys=True)
+    # = json.dumps([params, settings], sort_keys=True), with settings encoded once per sweep
+    text = f"[{json.dumps(params, sort_keys=True)}, {_settings_json}]"
+    digest = hashlib.sha1(text.encode()).hexdigest()[:6]
     return f"{slug}-{digest}"
 
 
 def expand(grid: Grid) -> list[Experiment]:
     settings = grid.settings()
+    settings_json = json.dumps(settings, sort_keys=True)
     experiments: dict[str, Experiment] = {}
     for params in permutations(grid.axes):
         if params["scenario"] != "poisson":
             params["rate"] = None  # a target rate only shapes open-loop load
-        eid = experiment_id(params, settings)
+        eid = experiment_id(params, settings, _settings_json=settings_json)
         experiments.setdefault(eid, Experiment(id=eid, params=params, grid=grid))
     return list(experiments.values())

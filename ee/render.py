@@ -86,3 +86,99 @@ def render(template: str, values: dict[str, Any]) -> str:
     if left:
         raise TemplateError(f"template placeholders with no value: {', '.join(left)}")
     return text
+
+
+class Renderer:
+    """`render` for many value sets of one template: the same text, far fewer
+    cloudmesh-ee calls.
+
+    cloudmesh-ee's `generate` flattens the values into a FlatDict and runs one
+    `str.replace` per key over the whole template, per call: about 0.3 ms, or
+    seconds for a 10,000-experiment sweep. Value sets with the same keys differ
+    only in the text pasted in, so we render the template through cloudmesh-ee
+    once per set of keys with a unique marker as every value, and fill the
+    markers of that "compiled" text for each value set in one pass.
+
+    This is exactly cloudmesh-ee's result whenever pasting cannot create a new
+    placeholder, which its sequential replace would then expand too: no value
+    holds a brace, and no marker sits on a template line between a `{` and a
+    `}`. Anything else (and any value set cloudmesh-ee itself would reject)
+    goes through `render` as before. Leftover placeholders are checked on
+    every final text, as `render` does.
+    """
+
+    _MARK = "\x00osmi-ee:{}\x00"
+    _MARK_RE = re.compile("\x00osmi-ee:([0-9]+)\x00")
+
+    def __init__(self, template: str):
+        self.template = template
+        self._compiled: dict[tuple[str, ...], str | None] = {}
+
+    def __call__(self, values: dict[str, Any]) -> str:
+        leaves: list[tuple[str, Any]] = []
+        if "\x00" in self.template or not self._flatten(values, "", leaves):
+            return render(self.template, values)
+        texts = [str(v) for _, v in leaves]
+        if any("{" in t or "}" in t for t in texts):
+            return render(self.template, values)
+        key = tuple(k for k, _ in leaves)
+        compiled = self._compiled.get(key, "")
+        if compiled == "":
+            compiled = self._compiled[key] = self._compile(values)
+        if compiled is None:
+            return render(self.template, values)
+        text = self._MARK_RE.sub(lambda m: texts[int(m.group(1))], compiled)
+        left = sorted(set(PLACEHOLDER_RE.findall(text)))
+        if left:
+            raise TemplateError(f"template placeholders with no value: {', '.join(left)}")
+        return text
+
+    @staticmethod
+    def _flatten(values: Any, parent: str, out: list[tuple[str, Any]]) -> bool:
+        """cloudmesh-ee's flattening (FlatDict, sep "."), leaves in order; False
+        where it would fail or we would not copy it exactly."""
+        from collections.abc import MutableMapping
+
+        if not isinstance(values, MutableMapping):
+            return False
+        for k, v in values.items():
+            if not isinstance(k, str):
+                return False
+            name = f"{parent}.{k}" if parent else k
+            if isinstance(v, MutableMapping):
+                if not Renderer._flatten(v, name, out):
+                    return False
+            else:
+                out.append((name, v))
+        return True
+
+    def _compile(self, values: dict[str, Any]) -> str | None:
+        """The template rendered by cloudmesh-ee with marker i as the i-th leaf
+        value; None when filling markers could differ from cloudmesh-ee."""
+        from cloudmesh.ee.experimentexecutor import ExperimentExecutor
+
+        counter = iter(range(1 << 30))
+
+        def marked(node: Any) -> Any:
+            return {k: marked(v) if isinstance(v, dict) else self._MARK.format(next(counter))
+                    for k, v in node.items()}
+
+        if any(not isinstance(v, dict) for v in self._mappings(values)):
+            return None  # other mapping types: keep cloudmesh-ee's own handling
+        with contextlib.redirect_stdout(io.StringIO()):
+            compiled, _ = ExperimentExecutor(verbose=False).generate(self.template, marked(values))
+        for line in compiled.splitlines():
+            for m in self._MARK_RE.finditer(line):
+                if "{" in line[: m.start()] and "}" in line[m.end():]:
+                    return None
+        return compiled
+
+    @staticmethod
+    def _mappings(values: Any) -> list[Any]:
+        from collections.abc import MutableMapping
+
+        found = [values]
+        for v in values.values():
+            if isinstance(v, MutableMapping):
+                found.extend(Renderer._mappings(v))
+        return found
