@@ -84,6 +84,7 @@ QUICK = Sizes(client_requests=200, raw_requests=200, anchor_requests=50, warmup=
               gen_axes=QUICK_GEN_AXES, synth_runs=8, synth_records=2048)
 
 PARTS = ("analyze", "generate", "startup", "cpu", "lb")
+PAYLOAD_BATCH = 64  # the second client-CPU comparison: an OSMI-sized request
 TARGETS = {  # the bounds targets_met checks
     "client_vs_raw": 1.3,  # client CPU/request <= 1.3 x raw
     "client_vs_anchor": 1 / 3,  # client CPU/request <= 1/3 x anchor
@@ -121,14 +122,14 @@ def _channel_options() -> list[tuple[str, int]]:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
 
 
-def worker_raw(target: str, requests: int, warmup: int) -> dict[str, Any]:
+def worker_raw(target: str, requests: int, warmup: int, batch: int = 1) -> dict[str, Any]:
     """The floor: bare grpcio, one channel, the same prebuilt bytes, synchronous."""
     import grpc
 
     from osmi_ee.osmi import protos
     from osmi_ee.osmi.client import build_requests
 
-    payloads = build_requests(MODEL, 1, seed=0)
+    payloads = build_requests(MODEL, batch, seed=0)
     channel = grpc.insecure_channel(target, options=_channel_options())
     call = channel.unary_unary(protos.PREDICT_METHOD)
     n = len(payloads)
@@ -142,7 +143,7 @@ def worker_raw(target: str, requests: int, warmup: int) -> dict[str, Any]:
     return {"requests": requests, "cpu_s": cpu, "wall_s": wall}
 
 
-def worker_anchor(target: str, requests: int, warmup: int) -> dict[str, Any]:
+def worker_anchor(target: str, requests: int, warmup: int, batch: int = 1) -> dict[str, Any]:
     """The original OSMI client's way: TensorFlow builds every request."""
     t0 = time.perf_counter()
     import grpc
@@ -153,7 +154,7 @@ def worker_anchor(target: str, requests: int, warmup: int) -> dict[str, Any]:
     from osmi_ee.osmi.specs import INPUT_NAME, SIGNATURE_NAME, get_spec
 
     import_s = time.perf_counter() - t0
-    shape = (1, *get_spec(MODEL).input_shape)
+    shape = (batch, *get_spec(MODEL).input_shape)
     channel = grpc.insecure_channel(target, options=_channel_options())
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     results = []
@@ -430,9 +431,9 @@ class Bench:
 
     def client_argv(self, target: str, tag: str, *, requests: int | None = None, duration_s: float | None = None,
                     warmup: int = 5, warmup_s: float = 0.0, client_id: int = 0,
-                    barrier: Path | None = None) -> list[str]:
+                    barrier: Path | None = None, batch: int = 1) -> list[str]:
         argv = [*_python(), "-m", "osmi_ee.osmi.client", f"--target={target}", f"--model={MODEL}",
-                "--batch=1", f"--warmup={warmup}", f"--warmup-s={warmup_s}", f"--client-id={client_id}",
+                f"--batch={batch}", f"--warmup={warmup}", f"--warmup-s={warmup_s}", f"--client-id={client_id}",
                 f"--records={self.work / f'{tag}.parquet'}", f"--summary={self.work / f'{tag}.json'}"]
         argv.append(f"--requests={requests}" if requests else f"--duration-s={duration_s}")
         if barrier is not None:
@@ -552,6 +553,32 @@ class Bench:
             "raw_vs_anchor_ratio": raw_us / anchor_us,
             "cpu_others_cores": others,
             "client_rss_mb": max(rss),
+        })
+
+    def bench_cpu_payload(self, target: str) -> None:
+        """The same comparison at an OSMI-sized payload (batch 64: 98 KB per request),
+        where building each request with TensorFlow from fresh random data costs the
+        anchor style far more than batch 1 shows."""
+        s = self.sizes
+        batch, requests = PAYLOAD_BATCH, max(20, s.anchor_requests // 4)
+        summary = self.run_client(target, "cpu-client-payload", requests=requests, warmup=s.warmup // 5 + 1,
+                                  small_parent=True, batch=batch)
+        client_us = summary["cpu_s_measured"] / summary["sent"] * 1e6
+        out = run_worker(["--worker", "anchor", "--target", target, "--requests", str(requests),
+                          "--warmup", str(s.warmup // 5 + 1), "--batch", str(batch)], timeout_s=300)
+        anchor_us = out["cpu_s"] / out["requests"] * 1e6
+        raw = run_worker(["--worker", "raw", "--target", target, "--requests", str(requests),
+                          "--warmup", str(s.warmup // 5 + 1), "--batch", str(batch)], timeout_s=300)
+        raw_us = raw["cpu_s"] / raw["requests"] * 1e6
+        say(f"batch {batch}: client {client_us:.0f} us/req, raw {raw_us:.0f}, anchor {anchor_us:.0f} "
+            f"(client/anchor {client_us / anchor_us:.2f})")
+        self.result.update({
+            "payload_batch": batch,
+            "payload_requests": requests,
+            "client_cpu_us_per_req_payload": client_us,
+            "raw_cpu_us_per_req_payload": raw_us,
+            "anchor_cpu_us_per_req_payload": anchor_us,
+            "anchor_vs_client_ratio_payload": client_us / anchor_us,
         })
 
     def bench_startup(self, target: str) -> None:
@@ -744,6 +771,7 @@ class Bench:
                 self.bench_startup(target)
             if "cpu" in parts:
                 self.bench_cpu(target)
+                self.bench_cpu_payload(target)
             if "lb" in parts:
                 self.bench_lb(ports)
             self.group.stop(grace_s=10)
@@ -765,6 +793,10 @@ class Bench:
             "client_le_third_of_anchor": (("client_cpu_us_per_req", "anchor_cpu_us_per_req"),
                                           lambda: r["client_cpu_us_per_req"]
                                           <= TARGETS["client_vs_anchor"] * r["anchor_cpu_us_per_req"]),
+            "client_le_third_of_anchor_at_payload": (
+                ("client_cpu_us_per_req_payload", "anchor_cpu_us_per_req_payload"),
+                lambda: r["client_cpu_us_per_req_payload"]
+                <= TARGETS["client_vs_anchor"] * r["anchor_cpu_us_per_req_payload"]),
             "lb_efficiency_ge_0.95": (("lb_efficiency",), lambda: r["lb_efficiency"] >= TARGETS["lb_efficiency"]),
             "generate_10k_lt_5s": (("generate_perms_per_s",),
                                    lambda: 10_000 / r["generate_perms_per_s"] < TARGETS["generate_10k_s"]),
@@ -853,6 +885,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parts", default=",".join(PARTS), type=lambda v: [p for p in v.split(",") if p],
                         help=f"what to measure, comma-separated (default: all of {','.join(PARTS)})")
     parser.add_argument("--worker", choices=("raw", "anchor", "aggregate"), help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--requests", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=0, help=argparse.SUPPRESS)
@@ -876,10 +909,10 @@ def _raise_exit(signum: int, _frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker == "raw":
-        print(json.dumps(worker_raw(args.target, args.requests, args.warmup)))
+        print(json.dumps(worker_raw(args.target, args.requests, args.warmup, args.batch)))
         return 0
     if args.worker == "anchor":
-        print(json.dumps(worker_anchor(args.target, args.requests, args.warmup)))
+        print(json.dumps(worker_anchor(args.target, args.requests, args.warmup, args.batch)))
         return 0
     if args.worker == "aggregate":
         print(json.dumps(worker_aggregate(args.sweep, args.workers)))
