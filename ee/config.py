@@ -53,6 +53,8 @@ class Measure:
     min_duration_s: float = 0.0  # a shorter measured window makes the run invalid
     stability_windows: int = 1  # split the window in k parts; >1: they must agree ...
     stability_tolerance: float = 0.1  # ... within this fraction (max/min - 1), else unstable
+    stability_max_windows: int = 0  # duration mode: keep measuring windows of duration_s / k
+    #                                 until the last k agree, up to this many (0: exactly k)
     min_backend_share: float = 0.5  # each backend must get >= this x its fair share
     seed: int = 0  # input data seed (inputs are made before the timed loop)
 
@@ -152,6 +154,7 @@ _MEASURE_RULES = {
     "min_duration_s": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "stability_windows": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "stability_tolerance": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "stability_max_windows": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "requests": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or null"),
     "duration_s": (lambda v: v is None or (_is_number(v) and v > 0), "a number > 0 or null"),
     "timeout_s": (lambda v: _is_number(v) and v > 0, "a number > 0"),
@@ -180,6 +183,10 @@ def _check_measure(checker: _Checker, data: dict[str, Any]) -> Measure:
         measure = Measure(**{**asdict(measure), "requests": None})
     elif measure.requests is None:
         checker.bad("measure.requests", None, "needs measure.requests or measure.duration_s")
+    if measure.stability_max_windows and (measure.duration_s is None
+                                          or measure.stability_max_windows < measure.stability_windows):
+        checker.bad("measure.stability_max_windows", measure.stability_max_windows,
+                    "needs measure.duration_s and at least measure.stability_windows")
     return measure
 
 

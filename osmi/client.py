@@ -234,7 +234,7 @@ def run_client(args: argparse.Namespace) -> dict:
         go = wait_for_go(Path(args.barrier), args.client_id, args.barrier_timeout_s) if args.barrier else time.time()
         start_ns = perf0 + int(go * 1e9) - wall0
         plan = Plan(args.scenario, args.streams, args.requests, args.duration_s, args.rate,
-                    args.seed + args.client_id)
+                    args.seed + args.client_id, stop_file=args.stop_file)
         issuer = Issuer(send)
         # Process CPU (all threads) spent generating load: the client's own cost per request.
         cpu0 = time.process_time()
@@ -297,6 +297,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--summary", help="client summary (JSON) to write; default: print it")
     parser.add_argument("--barrier", help="folder to report ready in and wait for a `go` file (job runner)")
     parser.add_argument("--barrier-timeout-s", type=float, default=600.0)
+    parser.add_argument("--stop-file", help="end a --duration-s run early once this file exists")
     args = parser.parse_args(argv)
     if args.client_id is None:
         args.client_id = int(os.environ.get("SLURM_PROCID", "0"))

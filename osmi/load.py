@@ -11,6 +11,7 @@ All use gRPC futures on one channel, so one process drives many streams.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,22 @@ class Plan:
     duration_s: float | None = None  # ... or time-bounded
     rate: float | None = None  # poisson: requests per second from this process
     seed: int = 0
+    stop_file: str | None = None  # the runner ends a time-bounded run early by creating it
+
+
+class StopSignal:
+    """Has the runner asked us to stop? A file check at most every 5 ms."""
+
+    def __init__(self, path: str | None):
+        self.path, self.stopped, self._next = path, False, 0
+
+    def __call__(self) -> bool:
+        if self.path and not self.stopped:
+            now = time.perf_counter_ns()
+            if now >= self._next:
+                self._next = now + 5_000_000
+                self.stopped = os.path.exists(self.path)
+        return self.stopped
 
 
 def poisson_schedule(rate: float, *, requests: int | None, duration_s: float | None,
@@ -83,12 +100,13 @@ def run_closed(issuer: Issuer, plan: Plan, start_ns: int) -> None:
     lock = threading.Lock()
     budget = plan.requests or 0
     stop = threading.Event()
+    asked_to_stop = StopSignal(plan.stop_file)
 
     def take() -> bool:
         """May one more request go out? (checked and counted atomically)"""
         nonlocal budget
         if end_ns is not None:
-            return time.perf_counter_ns() < end_ns
+            return time.perf_counter_ns() < end_ns and not asked_to_stop()
         with lock:
             if budget > 0:
                 budget -= 1
@@ -111,7 +129,10 @@ def run_closed(issuer: Issuer, plan: Plan, start_ns: int) -> None:
 
 def run_poisson(issuer: Issuer, plan: Plan, start_ns: int) -> None:
     offsets = poisson_schedule(plan.rate, requests=plan.requests, duration_s=plan.duration_s, seed=plan.seed)
+    asked_to_stop = StopSignal(plan.stop_file)
     for offset in offsets:
+        if asked_to_stop():
+            break
         scheduled = start_ns + int(offset * 1e9)
         delay = (scheduled - time.perf_counter_ns()) / 1e9
         if delay > 0:
@@ -124,7 +145,8 @@ OFFLINE_DEPTH = 64  # requests kept in flight by a time-bounded offline run
 
 def run_offline(issuer: Issuer, plan: Plan, start_ns: int) -> None:
     if plan.duration_s:  # "all at once" for a time: a deep closed loop
-        run_closed(issuer, Plan("closed", OFFLINE_DEPTH, None, plan.duration_s), start_ns)
+        run_closed(issuer, Plan("closed", OFFLINE_DEPTH, None, plan.duration_s, stop_file=plan.stop_file),
+                   start_ns)
         return
     for _ in range(plan.requests):
         issuer.issue(start_ns)

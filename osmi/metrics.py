@@ -77,8 +77,10 @@ def window_figures(start_ns: np.ndarray, end_ns: np.ndarray, ok: np.ndarray, lat
     return windows
 
 
-def stability_problem(windows: list[dict[str, float | None]], tolerance: float) -> str | None:
-    rates = [w["samples_per_s"] or 0.0 for w in windows]
+def stability_problem(windows: list[dict[str, float | None]], tolerance: float,
+                      last: int | None = None) -> str | None:
+    """Do the last `last` windows (default: all) agree within `tolerance`?"""
+    rates = [w["samples_per_s"] or 0.0 for w in windows][-(last or len(windows)):]
     if len(rates) < 2:
         return None
     low, high = min(rates), max(rates)
@@ -110,7 +112,8 @@ def summarize(records: dict[str, np.ndarray], *, batch: int, clients: list[dict[
               backend_counts: dict[str, int], min_backend_share: float,
               problems: list[str] | None = None, stability_windows: int = 1,
               stability_tolerance: float = 0.1, min_duration_s: float = 0.0,
-              target_rate: float | None = None, mode: str = "count") -> dict[str, Any]:
+              target_rate: float | None = None, mode: str = "count",
+              stability_last: int | None = None) -> dict[str, Any]:
     """Figures and verdict from all clients' records (columns as written by the client).
 
     `clients` holds each client's own summary (or None if it wrote none) and
@@ -147,7 +150,7 @@ def summarize(records: dict[str, np.ndarray], *, batch: int, clients: list[dict[
     if sent and win < min_duration_s:
         reasons.append(f"measured window {win:.2f} s is shorter than the minimum {min_duration_s:g} s")
     windows = window_figures(start, start + latency, ok_mask, latency, batch, stability_windows)
-    unstable = stability_problem(windows, stability_tolerance) if stability_windows > 1 else None
+    unstable = stability_problem(windows, stability_tolerance, stability_last) if stability_windows > 1 else None
     if unstable:
         reasons.append(unstable)
 

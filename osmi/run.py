@@ -193,12 +193,14 @@ class ExperimentRun:
         job = self.grid.job
         use_srun = job.clients_launcher == "srun" or (job.clients_launcher == "auto" and job.nodes > 1)
         host = socket.gethostname() if job.nodes > 1 else "127.0.0.1"
+        duration = self.measured_duration_s
         common = [sys.executable, "-m", "osmi_ee.osmi.client", f"--target={host}:{port}",
                   f"--model={self.params['model']}", f"--batch={self.params['batch']}",
                   f"--scenario={self.params['scenario']}", f"--streams={measure.streams}",
                   f"--warmup={measure.warmup_requests}", f"--warmup-s={measure.warmup_s}",
                   f"--timeout-s={measure.timeout_s}", f"--seed={measure.seed}", f"--barrier={barrier}",
-                  f"--duration-s={measure.duration_s}" if measure.duration_s else f"--requests={measure.requests}"]
+                  f"--duration-s={duration}" if duration else f"--requests={measure.requests}",
+                  f"--stop-file={barrier / 'stop'}"]
         if self.params["rate"]:  # the target is for all clients together
             common.append(f"--rate={self.params['rate'] / m}")
         children = []
@@ -231,11 +233,14 @@ class ExperimentRun:
         before = haproxy.request_counts(stats_port)
         self.telemetry = Telemetry({s["name"]: s["pid"] for s in self.shards})
         self.telemetry.start()
-        write_atomic(barrier / "go", repr(time.time() + 0.05))
+        go = time.time() + 0.05
+        write_atomic(barrier / "go", repr(go))
         progress("running", 50)
+        if self.adaptive_windows:
+            self.watch_stability(go, stats_port, children)
 
         if measure.duration_s:
-            limit = measure.duration_s + measure.timeout_s + 60
+            limit = self.measured_duration_s + measure.timeout_s + 60
         else:
             limit = measure.requests * measure.timeout_s + 60
         deadline = time.monotonic() + limit
@@ -264,6 +269,51 @@ class ExperimentRun:
                 entry["sent"] = None
             self.clients.append(entry)
 
+    @property
+    def adaptive_windows(self) -> bool:
+        m = self.grid.measure
+        return bool(m.duration_s and m.stability_max_windows > m.stability_windows > 1)
+
+    @property
+    def window_len_s(self) -> float:
+        m = self.grid.measure
+        return (m.duration_s or 0) / m.stability_windows
+
+    @property
+    def measured_duration_s(self) -> float | None:
+        """The clients' time limit: up to max windows when the runner may extend."""
+        m = self.grid.measure
+        if self.adaptive_windows:
+            return self.window_len_s * m.stability_max_windows
+        return m.duration_s
+
+    def stability_parts(self) -> int:
+        """Windows to cut the measured interval into: k, or as many as were measured."""
+        m = self.grid.measure
+        if not self.adaptive_windows:
+            return m.stability_windows
+        measured = self.last_window_s or 0.0
+        return max(m.stability_windows, round(measured / self.window_len_s))
+
+    def watch_stability(self, go: float, stats_port: int, children: list[Child]) -> None:
+        """Measure window after window until the last k agree (or max windows), then
+        tell the clients to stop. Live rates come from HAProxy's request counters;
+        the verdict in the summary is recomputed from the clients' own records."""
+        m = self.grid.measure
+        totals = [sum(haproxy.request_counts(stats_port).values())]
+        rates: list[float] = []
+        for w in range(1, m.stability_max_windows + 1):
+            time.sleep(max(0.0, go + w * self.window_len_s - time.time()))
+            if not all(c.alive() for c in children):
+                break
+            totals.append(sum(haproxy.request_counts(stats_port).values()))
+            rates.append((totals[-1] - totals[-2]) / self.window_len_s)
+            last = rates[-m.stability_windows:]
+            if len(rates) >= m.stability_windows and min(last) > 0 \
+                    and max(last) / min(last) - 1 <= m.stability_tolerance:
+                break
+        write_atomic(self.paths.barrier / "stop", repr(time.time()))
+
     # ------------------------------------------------------------ results
 
     def load_records(self) -> dict[str, np.ndarray]:
@@ -279,12 +329,16 @@ class ExperimentRun:
 
     def summary(self, started: str) -> dict[str, Any]:
         measure = self.grid.measure
+        records = self.load_records()
+        measured = records["phase"] == metrics.MEASURED
+        self.last_window_s = metrics.window_s(records["start_ns"][measured], records["latency_ns"][measured])
         figures = metrics.summarize(
-            self.load_records(), batch=self.params["batch"], clients=self.clients,
+            records, batch=self.params["batch"], clients=self.clients,
             backend_counts=self.backend_counts, min_backend_share=measure.min_backend_share,
-            problems=self.problems, stability_windows=measure.stability_windows,
+            problems=self.problems, stability_windows=self.stability_parts(),
             stability_tolerance=measure.stability_tolerance, min_duration_s=measure.min_duration_s,
-            target_rate=self.params["rate"], mode="duration" if measure.duration_s else "count")
+            target_rate=self.params["rate"], mode="duration" if measure.duration_s else "count",
+            stability_last=measure.stability_windows)
         if self.telemetry is not None:
             figures["telemetry"] = self.telemetry.summary(figures["samples_ok"])
             self.telemetry.write_parquet(self.paths.telemetry)

@@ -191,3 +191,16 @@ def test_server_killed_mid_run_is_invalid_and_listed_not_plotted(write_grid, tmp
     html = (out / "report" / "index.html").read_text()
     invalid_table = html[html.index('<h2 id="invalid">'):html.index('<h2 id="repeats">')]
     assert exp.root.name in invalid_table and "exited during the measured window" in invalid_table
+
+
+def test_adaptive_stability_windows_stop_early_when_stable(write_grid, tmp_path, models_dir):
+    # Windows of 1 s; stop once 2 consecutive agree within 50%, at most 6.
+    data = grid(models_dir, experiment={"servers": [1], "clients": [1]},
+                measure={"duration_s": 2, "requests": None, "stability_windows": 2,
+                         "stability_tolerance": 0.5, "stability_max_windows": 6})
+    rc, sweep, _ = run_sweep(write_grid, tmp_path, data)
+    (s,) = summaries(sweep)
+    assert rc == 0 and s["valid"], s["reasons"]
+    assert s["measurement"]["stable"] is True
+    assert 2 <= len(s["measurement"]["windows"]) < 6
+    assert s["window_s"] < 5.5  # stopped before the 6-window limit
