@@ -21,13 +21,14 @@ import json
 import math
 import os
 import re
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from osmi_ee.ee.paths import atomic_write
 
 SUMMARY_SCHEMA = "osmi-ee/summary/1"
 MISSING_REASON = "no result (job did not finish)"
@@ -474,27 +475,6 @@ def param_columns(df: pd.DataFrame) -> list[str]:
 
 # --------------------------------------------------------------------------
 # Storage
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    """Call write(tmp) on a temp file in the same folder, then os.replace it onto
-    `path`: readers never see a half-written file, even if we die mid-write."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes 0600 files; give the usual umask-based mode instead.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_dataset(df: pd.DataFrame, sweep_dir: Path | str) -> tuple[Path, Path]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,18 +139,34 @@ def default_sweep_dir(grid_name: str) -> Path:
     return Path(os.environ.get("OSMI_EE_RUNS", "runs")) / grid_name
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Writes via a temp file in the same folder and a rename: never half a file."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path | str, write: Callable[[str], Any]) -> None:
+    """Calls write(tmp) on a temp file in the same folder, then renames it onto
+    `path`: readers never see half a file, even if the writer dies mid-way."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as handle:
-            handle.write(data)
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path | str, data: str | bytes) -> None:
+    """`data` into `path`, atomically (see atomic_write)."""
+    if isinstance(data, bytes):
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    else:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(data))
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from osmi_ee.ee.paths import atomic_write, write_atomic
 from osmi_ee.osmi import protos
 from osmi_ee.osmi.load import RUNNERS, SCENARIOS, Issuer, Plan
 from osmi_ee.osmi.specs import INPUT_NAME, MODEL_NAMES, OUTPUT_NAME, SIGNATURE_NAME, get_spec
@@ -82,9 +83,7 @@ class Records:
             "code": pa.array(self.code[:n]),
             "delay_ns": pa.array(self.delay_ns[:n]),
         })
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def build_requests(model: str, batch: int, seed: int, count: int = INPUT_POOL) -> list[bytes]:
@@ -158,9 +157,7 @@ def wait_for_go(barrier: Path, client: int, timeout_s: float) -> float:
     """Says ready, then waits for the runner's `go` file; returns the start time (epoch s)."""
     barrier.mkdir(parents=True, exist_ok=True)
     ready = barrier / f"ready-{client}"
-    tmp = barrier / f".ready-{client}.tmp"
-    tmp.write_text(str(time.time()))
-    tmp.replace(ready)
+    write_atomic(ready, str(time.time()))
     go = barrier / "go"
     deadline = time.monotonic() + timeout_s
     while not go.exists():
@@ -325,10 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     text = json.dumps(summary, indent=2) + "\n"
     if args.summary:
-        path = Path(args.summary)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomic(Path(args.summary), text)
     else:
         sys.stdout.write(text)
     return 0

@@ -15,6 +15,8 @@ from typing import Any
 
 import psutil
 
+from osmi_ee.ee.paths import atomic_write
+
 
 def _nvml() -> Any | None:
     try:
@@ -134,9 +136,7 @@ class Telemetry:
         t, source, metric, value = zip(*self.samples) if self.samples else ([], [], [], [])
         table = pa.table({"t_s": pa.array(t, pa.float64()), "source": pa.array(source, pa.string()),
                           "metric": pa.array(metric, pa.string()), "value": pa.array(value, pa.float64())})
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _name(nv: Any, handle: Any) -> str | None:
