@@ -1,7 +1,9 @@
 # osmi-ee: the OSMI inference benchmark over parameter grids.
 #   make demo                      install, export models, run the local grid, write the report
 #   make test                      install and run the test suite
-#   make generate|run|submit|status|analyze [EXPERIMENT=experiments/<grid>.yaml]
+#   make models|generate|run|submit|status|analyze [EXPERIMENT=experiments/<grid>.yaml]
+#   make bench                     measure the tool itself (build/bench.json; BENCH_ARGS=--quick)
+#   make clean                     remove runs/ and build/
 SHELL := /bin/bash
 EXPERIMENT ?= experiments/local.yaml
 VENV ?= .venv
