@@ -39,75 +39,55 @@ STATUS_INVALID = "invalid"
 STATUS_MISSING = "missing"
 STATUS_UNREADABLE = "unreadable"
 
-# Metric columns, in output order; the param axes go between the id and these.
-FLOAT_COLUMNS: tuple[str, ...] = (
-    "samples_per_s",
-    "requests_per_s",
-    "window_s",
-    "latency_p50_ms",
-    "latency_p90_ms",
-    "latency_p99_ms",
-    "latency_mean_ms",
-    "latency_max_ms",
-    "backend_share_min",
-    "backend_share_max",
-    "target_rate",
-    "achieved_rate",
-    "server_cpu_percent_mean",
-    "server_rss_mb_max",
-    "gpu_util_percent_mean",
-    "gpu_power_w_mean",
-    "energy_j_per_sample",
-    "price_per_gpu_hour",
-    "cost_per_million_samples",
-)
-INT_COLUMNS: tuple[str, ...] = ("sent", "ok", "failed", "samples_ok")
-TEXT_COLUMNS: tuple[str, ...] = (
-    "status",
-    "reason",
-    "backend_requests",
-    "backend_shares",
-    "server_kind",
-    "started_at",
-    "finished_at",
-)
-METRIC_COLUMNS: tuple[str, ...] = (
-    "valid",
-    "status",
-    "reason",
-    "samples_per_s",
-    "requests_per_s",
-    "sent",
-    "ok",
-    "failed",
-    "samples_ok",
-    "window_s",
-    "latency_p50_ms",
-    "latency_p90_ms",
-    "latency_p99_ms",
-    "latency_mean_ms",
-    "latency_max_ms",
-    "backend_requests",
-    "backend_shares",
-    "backend_share_min",
-    "backend_share_max",
-    "server_kind",
-    "started_at",
-    "finished_at",
+# Metric columns with their kinds, in output order; the param axes go between
+# the id and these. The per-kind tuples below are derived from this one list.
+_METRICS: tuple[tuple[str, str], ...] = (
+    ("valid", "bool"),
+    ("status", "text"),
+    ("reason", "text"),
+    ("samples_per_s", "float"),
+    ("requests_per_s", "float"),
+    ("sent", "int"),
+    ("ok", "int"),
+    ("failed", "int"),
+    ("samples_ok", "int"),
+    ("window_s", "float"),
+    ("latency_p50_ms", "float"),
+    ("latency_p90_ms", "float"),
+    ("latency_p99_ms", "float"),
+    ("latency_mean_ms", "float"),
+    ("latency_max_ms", "float"),
+    ("backend_requests", "text"),
+    ("backend_shares", "text"),
+    ("backend_share_min", "float"),
+    ("backend_share_max", "float"),
+    ("server_kind", "text"),
+    ("started_at", "text"),
+    ("finished_at", "text"),
     # Newer summaries (absent -> NA): measurement stability, open-loop arrival,
     # telemetry, and the price of the GPU type from the resolved profile.
-    "stable",
-    "target_rate",
-    "achieved_rate",
-    "server_cpu_percent_mean",
-    "server_rss_mb_max",
-    "gpu_util_percent_mean",
-    "gpu_power_w_mean",
-    "energy_j_per_sample",
-    "price_per_gpu_hour",
-    "cost_per_million_samples",
+    ("stable", "bool_na"),  # True / False / NA (not judged)
+    ("target_rate", "float"),
+    ("achieved_rate", "float"),
+    ("server_cpu_percent_mean", "float"),
+    ("server_rss_mb_max", "float"),
+    ("gpu_util_percent_mean", "float"),
+    ("gpu_power_w_mean", "float"),
+    ("energy_j_per_sample", "float"),
+    ("price_per_gpu_hour", "float"),
+    ("cost_per_million_samples", "float"),
 )
-BOOL_NA_COLUMNS: tuple[str, ...] = ("stable",)  # True / False / NA (not judged)
+
+
+def _of_kind(kind: str) -> tuple[str, ...]:
+    return tuple(name for name, k in _METRICS if k == kind)
+
+
+METRIC_COLUMNS: tuple[str, ...] = tuple(name for name, _ in _METRICS)
+FLOAT_COLUMNS: tuple[str, ...] = _of_kind("float")
+INT_COLUMNS: tuple[str, ...] = _of_kind("int")
+TEXT_COLUMNS: tuple[str, ...] = _of_kind("text")
+BOOL_NA_COLUMNS: tuple[str, ...] = _of_kind("bool_na")
 FIXED_COLUMNS: frozenset[str] = frozenset(("experiment_id", *METRIC_COLUMNS))
 
 

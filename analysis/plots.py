@@ -24,7 +24,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from .collect import atomic_write, param_columns
+from osmi_ee.ee.paths import atomic_write
+
+from .collect import param_columns
 
 # Axes with a fixed role in the figures; any other axis that varies in the
 # sweep (gpu, ...) becomes part of the facet key so unlike runs never average.

@@ -36,6 +36,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from osmi_ee.ee.paths import atomic_write
+
 from .collect import (
     STATUS_INVALID,
     STATUS_MISSING,
@@ -43,7 +45,6 @@ from .collect import (
     STATUS_UNREADABLE,
     SweepError,
     aggregate,
-    atomic_write,
     configuration_columns,
     load_sweep,
     param_columns,

@@ -139,7 +139,7 @@ def default_sweep_dir(grid_name: str) -> Path:
     return Path(os.environ.get("OSMI_EE_RUNS", "runs")) / grid_name
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -154,7 +154,7 @@ def atomic_write(path: Path | str, write: Callable[[str], Any]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from others
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide results from others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

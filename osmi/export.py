@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from osmi_ee.ee.paths import current_umask
 from osmi_ee.osmi.model_config import render_model_config
 from osmi_ee.osmi.specs import (
     INPUT_NAME,
@@ -161,19 +162,13 @@ def export_model(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=target.parent))
     try:
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide it from other users
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide it from other users
         save_serving_model(model, spec, tmp)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -32,6 +32,7 @@ from osmi_ee.ee.paths import ExperimentPaths, write_atomic, write_json
 from osmi_ee.osmi import haproxy, metrics, protos
 from osmi_ee.osmi.client import build_requests
 from osmi_ee.osmi.env import manifest
+from osmi_ee.osmi.export import exported_models
 from osmi_ee.osmi.model_config import render_model_config
 from osmi_ee.osmi.procs import Child, ProcessGroup, free_port
 from osmi_ee.osmi.telemetry import Telemetry
@@ -70,11 +71,6 @@ def server_command(kind: str, given: list[str]) -> tuple[str, list[str]]:
     if kind == "tfserving" or (kind == "auto" and real):
         return "tensorflow_model_server", [real]
     return "osmi-model-server", [sys.executable, "-m", "osmi_ee.osmi.model_server"]
-
-
-def latest_version_dir(base: Path) -> Path | None:
-    versions = [p for p in base.glob("*") if p.name.isdigit() and (p / "saved_model.pb").exists()]
-    return max(versions, key=lambda p: int(p.name)) if versions else None
 
 
 def gpu_for_shard(k: int) -> str | None:
@@ -118,7 +114,7 @@ class ExperimentRun:
     def write_model_config(self) -> None:
         model = self.params["model"]
         base = Path(self.grid.serve.models_dir) / model
-        if latest_version_dir(base) is None:
+        if model not in exported_models(self.grid.serve.models_dir):
             raise SetupError(f"no exported model at {base}/<version>/saved_model.pb; "
                              f"run `make models` (osmi-export --models {model})")
         write_atomic(self.paths.model_config, render_model_config({model: base}))
