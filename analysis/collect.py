@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from osmi_ee.ee.paths import atomic_write
+from osmi_ee.osmi.stats import CONFIDENCE, mean_ci, t_quantile  # noqa: F401  (re-exported)
 
 SUMMARY_SCHEMA = "osmi-ee/summary/1"
 MISSING_REASON = "no result (job did not finish)"
@@ -46,6 +47,8 @@ _METRICS: tuple[tuple[str, str], ...] = (
     ("status", "text"),
     ("reason", "text"),
     ("samples_per_s", "float"),
+    ("samples_per_s_ci95_low", "float"),  # the run's own interval (batch means of its window)
+    ("samples_per_s_ci95_high", "float"),
     ("requests_per_s", "float"),
     ("sent", "int"),
     ("ok", "int"),
@@ -62,6 +65,10 @@ _METRICS: tuple[tuple[str, str], ...] = (
     ("backend_share_min", "float"),
     ("backend_share_max", "float"),
     ("server_kind", "text"),
+    ("server_version", "text"),
+    ("attempt", "int"),
+    ("stability_spread", "float"),  # max/min - 1 of the last k windows' rates
+    ("balancer_forwarded", "int"),
     ("started_at", "text"),
     ("finished_at", "text"),
     # Newer summaries (absent -> NA): measurement stability, open-loop arrival,
@@ -303,6 +310,8 @@ def _summary_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
     if valid:  # never report an invalid run as a speed
         row["samples_per_s"] = _num(throughput.get("samples_per_s"))
         row["requests_per_s"] = _num(throughput.get("requests_per_s"))
+        interval = throughput.get("samples_per_s_ci95") or [None, None]
+        row["samples_per_s_ci95_low"], row["samples_per_s_ci95_high"] = _num(interval[0]), _num(interval[1])
 
     requests = summary.get("requests") or {}
     for key in ("sent", "ok", "failed"):
@@ -315,9 +324,12 @@ def _summary_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
         row[f"latency_{key}_ms"] = _num(latency.get(key))
 
     row.update(_backend_columns(summary.get("backends")))
-    for key in ("server_kind", "started_at", "finished_at"):
+    for key in ("server_kind", "server_version", "started_at", "finished_at"):
         value = summary.get(key)
         row[key] = "" if value is None else str(value)
+    row["attempt"] = _int((summary.get("attempt") or {}).get("number"))
+    row["stability_spread"] = _num((summary.get("measurement") or {}).get("spread"))
+    row["balancer_forwarded"] = _int((summary.get("accounting") or {}).get("balancer_forwarded"))
 
     row["stable"] = _stable(summary.get("measurement"))
     row.update(_arrival_columns(summary.get("arrival")))
@@ -528,78 +540,7 @@ def load_dataset(path: Path | str) -> pd.DataFrame:
 # --------------------------------------------------------------------------
 # Repeats -> one row per configuration
 
-CONFIDENCE = 0.95
 SUMMARY_COUNT_COLUMNS: tuple[str, ...] = ("n_runs", "n", "n_invalid", "n_missing", "n_unstable")
-
-
-def _t_abs_cdf(t: float, dof: int) -> float:
-    """P(|T| <= t) for Student's t with integer `dof` degrees of freedom
-    (closed form, Abramowitz & Stegun 26.7.3/26.7.4; no SciPy needed)."""
-    theta = math.atan(t / math.sqrt(dof))
-    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
-    term = total = 1.0
-    if dof % 2 == 1:
-        for k in range(1, (dof - 3) // 2 + 1):
-            term *= (2 * k) / (2 * k + 1) * cos2
-            total += term
-        tail = math.sin(theta) * math.cos(theta) * total if dof > 1 else 0.0
-        return 2.0 / math.pi * (theta + tail)
-    for k in range(1, (dof - 2) // 2 + 1):
-        term *= (2 * k - 1) / (2 * k) * cos2
-        total += term
-    return sin * total
-
-
-_T_CACHE: dict[tuple[float, int], float] = {}
-
-
-def t_quantile(confidence: float, dof: int) -> float:
-    """Two-sided Student t critical value: P(|T| <= q) = confidence.
-
-    t_quantile(0.95, 2) = 4.3027, (0.95, 10) = 2.2281; NaN for dof < 1.
-    """
-    if dof < 1 or not 0.0 < confidence < 1.0:
-        return math.nan
-    key = (confidence, dof)
-    if key in _T_CACHE:
-        return _T_CACHE[key]
-    if dof > 2000:  # the t distribution is normal to < 1e-3 here; skip the long series
-        from statistics import NormalDist
-
-        q = NormalDist().inv_cdf(0.5 + confidence / 2.0)
-    else:
-        lo, hi = 0.0, 1.0
-        while _t_abs_cdf(hi, dof) < confidence:
-            lo, hi = hi, hi * 2.0
-        for _ in range(100):
-            mid = (lo + hi) / 2.0
-            if _t_abs_cdf(mid, dof) < confidence:
-                lo = mid
-            else:
-                hi = mid
-            if hi - lo < 1e-12 * max(1.0, hi):
-                break
-        q = (lo + hi) / 2.0
-    _T_CACHE[key] = q
-    return q
-
-
-def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, float]:
-    """(mean, sample std, ci_low, ci_high) of the finite values, Student t.
-
-    With one value the std and the interval are NaN (one run says nothing
-    about its spread); with none everything is NaN.
-    """
-    data = [float(v) for v in values if v is not None and not pd.isna(v) and math.isfinite(float(v))]
-    n = len(data)
-    if n == 0:
-        return math.nan, math.nan, math.nan, math.nan
-    mean = sum(data) / n
-    if n == 1:
-        return mean, math.nan, math.nan, math.nan
-    std = math.sqrt(sum((v - mean) ** 2 for v in data) / (n - 1))
-    half = t_quantile(confidence, n - 1) * std / math.sqrt(n)
-    return mean, std, mean - half, mean + half
 
 
 def configuration_columns(df: pd.DataFrame) -> list[str]:
@@ -665,9 +606,12 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
         half = np.where(n > 1, tq * std / np.sqrt(np.maximum(n, 1)), np.nan)
     out["samples_per_s_mean"] = mean
     out["samples_per_s_std"] = np.where(n > 1, std, np.nan)
-    out["samples_per_s_ci95_low"] = mean - half
-    out["samples_per_s_ci95_high"] = mean + half
-    out["samples_per_s_ci95_half"] = half
+    # One valid run: its own interval (batch means over its window); several: Student t
+    # over the repeats, which also holds what changes between runs.
+    own_low, own_high = by_group("samples_per_s_ci95_low", "mean"), by_group("samples_per_s_ci95_high", "mean")
+    out["samples_per_s_ci95_low"] = np.where(n > 1, mean - half, np.where(n == 1, own_low, np.nan))
+    out["samples_per_s_ci95_high"] = np.where(n > 1, mean + half, np.where(n == 1, own_high, np.nan))
+    out["samples_per_s_ci95_half"] = (out["samples_per_s_ci95_high"] - out["samples_per_s_ci95_low"]) / 2
     for col in ("requests_per_s", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
                 "achieved_rate", "gpu_util_percent_mean", "gpu_power_w_mean"):
         out[f"{col}_mean" if not col.endswith("_mean") else col] = by_group(col, "mean")

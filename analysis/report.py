@@ -22,6 +22,7 @@ Figures are built on `matplotlib.figure.Figure` (Agg canvas), never pyplot.
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +37,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from osmi_ee.ee.paths import atomic_write
+from osmi_ee.ee.paths import ExperimentPaths, atomic_write
+from osmi_ee.osmi.stats import intervals_overlap
 
 from .collect import (
     STATUS_INVALID,
@@ -210,14 +212,6 @@ def _config_label(row: pd.Series | dict[str, Any], cols: Sequence[str]) -> str:
 # Recommender
 
 
-def default_slo(df: pd.DataFrame) -> dict[Any, float]:
-    """Per model: the median p99 latency of its valid runs."""
-    data = _with_axes(df)
-    valid = data[data["valid"].astype(bool) & data["latency_p99_ms"].notna()]
-    return {model: float(group["latency_p99_ms"].median())
-            for model, group in valid.groupby("model", sort=True)}
-
-
 def _pick(row: pd.Series, cols: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for c in cols:
@@ -250,49 +244,66 @@ def _choice(row: pd.Series, cols: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def _interval(row: pd.Series) -> tuple[float, float] | None:
+    low, high = row.get("samples_per_s_ci95_low"), row.get("samples_per_s_ci95_high")
+    return None if _isna(low) or _isna(high) else (float(low), float(high))
+
+
+def tied_with(best: pd.Series, others: pd.DataFrame) -> list[int] | None:
+    """Positions in `others` whose interval overlaps `best`'s: not measurably slower,
+    so a tie. None when `best` has no interval (nothing can be told apart)."""
+    own = _interval(best)
+    if own is None:
+        return None
+    return [i for i, (_, row) in enumerate(others.iterrows())
+            if (iv := _interval(row)) is None or intervals_overlap(own, iv)]
+
+
 def recommend(df: pd.DataFrame, slo_p99_ms: float | None = None) -> dict[Any, dict[str, Any]]:
-    """Per model, the configuration to run under a p99 latency SLO.
+    """Per model, the configuration to run, under a p99 objective when one is given.
 
     A configuration is a candidate when every one of its repeats is valid
-    (`all_valid`) and its worst p99 over the repeats is <= the SLO. The SLO is
-    `slo_p99_ms` when given, else (per model) the median p99 of the model's
-    valid runs. Returns {model: {"slo_p99_ms", "slo_source", "configurations",
-    "eligible" (all repeats valid), "meeting_slo", "fastest", "cheapest",
-    "priced"}}: `fastest` is the
-    candidate with the highest mean samples/s (ties: lower p99), `cheapest`
-    the one with the lowest cost per million samples among candidates with a
-    price (None when no candidate has one). Each choice is a dict with
-    `config` (the params but `repeat`), `samples_per_s`, its 95% CI,
-    latencies, `cost_per_million_samples` and `n` (valid repeats).
+    (`all_valid`); with an objective it must also keep its worst p99 over the
+    repeats <= `slo_p99_ms` (a configuration whose p99 has too few samples behind
+    it cannot show that it meets one). Without an objective, the fastest valid
+    configuration is named and the entry says that no objective was set.
+    `fastest` is the candidate with the highest mean samples/s; every other
+    candidate whose 95% interval overlaps the fastest's is `tied` with it (listed,
+    never called slower). `cheapest` is the lowest cost per million samples among
+    priced candidates. Each choice is a dict with `config`, `samples_per_s`, its
+    95% CI, latencies, cost and `n` (valid repeats).
     """
     data = _with_axes(df)
     agg = aggregate(data.drop(columns=["_open", "_rate"]))
     cols = configuration_columns(data.drop(columns=["_open", "_rate"]))
-    medians = default_slo(df) if slo_p99_ms is None else {}
     out: dict[Any, dict[str, Any]] = {}
     if agg.empty or "model" not in agg.columns:
         return out
     for model, group in agg.groupby("model", sort=True):
-        slo = float(slo_p99_ms) if slo_p99_ms is not None else medians.get(model)
         eligible = group[group["all_valid"] & group["samples_per_s_mean"].notna()]
-        if slo is None or math.isnan(slo):
-            meeting = eligible.iloc[0:0]
+        if slo_p99_ms is None:
+            meeting = eligible
         else:
-            meeting = eligible[eligible["latency_p99_ms_max"] <= slo]
+            meeting = eligible[eligible["latency_p99_ms_max"] <= float(slo_p99_ms)]
         entry: dict[str, Any] = {
-            "slo_p99_ms": slo,
-            "slo_source": "given" if slo_p99_ms is not None else "median p99 of the model's valid runs",
+            "slo_p99_ms": None if slo_p99_ms is None else float(slo_p99_ms),
+            "slo_source": "given" if slo_p99_ms is not None else "none: no objective was set",
             "configurations": int(len(group)),
             "eligible": int(len(eligible)),
             "meeting_slo": int(len(meeting)),
             "fastest": None,
+            "tied": [],
             "cheapest": None,
             "priced": bool(meeting["cost_per_million_samples"].notna().any()) if len(meeting) else False,
         }
         if len(meeting):
-            fastest = meeting.sort_values(["samples_per_s_mean", "latency_p99_ms_max"],
-                                          ascending=[False, True], kind="stable").iloc[0]
+            ranked = meeting.sort_values(["samples_per_s_mean", "latency_p99_ms_max"],
+                                         ascending=[False, True], kind="stable")
+            fastest, rest = ranked.iloc[0], ranked.iloc[1:]
             entry["fastest"] = _choice(fastest, cols)
+            ties = tied_with(fastest, rest)
+            entry["fastest"]["separable"] = ties is not None
+            entry["tied"] = [_choice(rest.iloc[i], cols) for i in (ties or [])]
             priced = meeting[meeting["cost_per_million_samples"].notna()]
             if len(priced):
                 cheapest = priced.sort_values(["cost_per_million_samples", "samples_per_s_mean"],
@@ -735,8 +746,8 @@ def _recommend_section(rec: dict[Any, dict[str, Any]], cols: Sequence[str],
         return ("<p>No valid runs (no configuration with every repeat valid): nothing to "
                 "recommend.</p>")
     if slo_given is None:
-        slo_text = ("SLO: p99 latency ≤ the median p99 of the model's valid runs (pass "
-                    "<code>--slo-p99-ms</code> to set one).")
+        slo_text = ("No objective was set (pass <code>--slo-p99-ms</code>): the fastest valid "
+                    "configuration is shown, whatever its latency.")
     else:
         slo_text = f"SLO: p99 latency ≤ {_esc(_fmt(slo_given, '{:g}'))} ms (given)."
     headers = ["model", "SLO p99 ms", "meeting SLO", "pick", "configuration",
@@ -747,6 +758,8 @@ def _recommend_section(rec: dict[Any, dict[str, Any]], cols: Sequence[str],
         slo = _fmt(entry["slo_p99_ms"], "{:,.2f}")
         rows.append([_value_text(model), slo, meets, "fastest",
                      *_choice_cells(entry["fastest"], cols, varying)])
+        for tie in entry.get("tied", []):
+            rows.append(["", "", "", "tie (intervals overlap)", *_choice_cells(tie, cols, varying)])
         if entry["cheapest"] is not None:
             cheap = _choice_cells(entry["cheapest"], cols, varying)
         elif entry["fastest"] is None:
@@ -757,7 +770,8 @@ def _recommend_section(rec: dict[Any, dict[str, Any]], cols: Sequence[str],
         rows.append(["", "", "", "cheapest", *cheap])
     return (f"<p>{slo_text} Candidates are configurations whose every repeat is valid; a "
             "candidate meets the SLO when its worst p99 over the repeats does. "
-            "Fastest = highest mean samples/s; cheapest = lowest cost per million samples "
+            "Fastest = highest mean samples/s; a configuration whose 95% interval overlaps the "
+            "fastest's is a tie, listed below it, since the data cannot tell them apart; cheapest = lowest cost per million samples "
             "(price per GPU-hour × servers at the measured speed).</p>"
             + _table(headers, rows, table_id="recommendation"))
 
@@ -809,6 +823,37 @@ def _overview(data: pd.DataFrame, agg: pd.DataFrame, sweep: dict[str, Any]) -> s
             + f"<p>{_esc(THROUGHPUT_MEANING)}</p>"
             + '<p>Data: <a href="../dataset.csv">dataset.csv</a> (one row per run), '
             '<a href="../dataset_summary.csv">dataset_summary.csv</a> (one row per configuration).</p>')
+
+
+def provenance(sweep_dir: Path, data: pd.DataFrame) -> dict[str, list[str]]:
+    """What produced these figures, from the runs' own manifests (env.json): each
+    fact with every distinct value seen, so a mixed sweep shows as mixed."""
+    facts: dict[str, set[str]] = {k: set() for k in (
+        "server", "balancer", "host", "cpu", "gpu", "date", "osmi-ee", "git commit")}
+    for exp_id in data["experiment_id"].astype(str):
+        try:
+            env = json.loads(ExperimentPaths(sweep_dir / exp_id).env.read_text())
+        except (OSError, ValueError):
+            continue
+        row = data[data["experiment_id"].astype(str) == exp_id].iloc[0]
+        version = row.get("server_version")
+        facts["server"].add(str(version) if version else str(row.get("server_kind") or "?"))
+        facts["balancer"].add(env.get("haproxy") or "?")
+        facts["host"].add(env.get("host") or "?")
+        facts["cpu"].add(f"{env.get('cpu_model') or '?'} ({env.get('cpu_count')} cores)")
+        gpus = env.get("cuda_visible_devices")
+        facts["gpu"].add(f"CUDA_VISIBLE_DEVICES={gpus}" if gpus else "none (CPU)")
+        facts["date"].add(str(env.get("started_at") or "")[:10] or "?")
+        facts["osmi-ee"].add(str((env.get("packages") or {}).get("osmi-ee") or "?"))
+        facts["git commit"].add(str(env.get("git_commit") or "?")[:12])
+    return {k: sorted(v) for k, v in facts.items() if v}
+
+
+def _provenance_line(facts: dict[str, list[str]]) -> str:
+    if not facts:
+        return '<p class="note">No run manifest (env.json) found: the software and host are unknown.</p>'
+    items = "".join(f"<li><b>{_esc(k)}</b>: {_esc('; '.join(v))}</li>" for k, v in facts.items())
+    return f'<ul class="note" id="provenance">{items}</ul>'
 
 
 def write_report(df: pd.DataFrame, sweep_dir: Path | str, *, slo_p99_ms: float | None = None) -> Path:
@@ -896,7 +941,8 @@ def write_report(df: pd.DataFrame, sweep_dir: Path | str, *, slo_p99_ms: float |
     title = f"osmi-ee report: {sweep.get('name') or sweep_dir.name}"
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>\n"
-            f"<h1>{_esc(title)}</h1>\n<nav>{nav}</nav>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<h1>{_esc(title)}</h1>\n{_provenance_line(provenance(sweep_dir, data))}\n"
+            f"<nav>{nav}</nav>\n" + "\n".join(body) + "\n</body></html>\n")
     index = out_dir / INDEX
     atomic_write(index, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     figs.clean_stale()

@@ -20,11 +20,30 @@ from typing import Any
 
 import yaml
 
-from osmi_ee.ee.profiles import Profile, expand_vars, load_profile
+from osmi_ee.ee.profiles import (DuplicateKeyError, Profile, ProfileError, expand_vars, load_yaml,
+                                 placeholder_profile, resolve_profile)
 from osmi_ee.osmi.specs import MODEL_NAMES
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-TIME_RE = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")  # Slurm's [D-]HH:MM:SS
+# \Z, not $: `$` also matches before a trailing newline, and a newline in a script is a command.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+TIME_RE = re.compile(r"^(\d{1,3}-)?\d{1,2}:[0-5]\d:[0-5]\d\Z")  # Slurm's [D-]HH:MM:SS
+# Caps on numbers: far above any real benchmark, low enough that a typo, .inf or
+# 1e300 is caught here instead of as a job that never ends or never fits.
+MAX_SERVERS = 64  # shards (one GPU each) on one node; a GPU type's gpus_per_node caps it further
+MAX_CLIENTS = 4096  # client processes
+MAX_BATCH = 65536  # samples per request
+MAX_REPEAT = 1000
+MAX_RATE = 1e6  # target requests/s, all clients together
+MAX_REQUESTS = 10_000_000  # per client, measured or warm-up
+MAX_STREAMS = 1024  # requests in flight per client
+MAX_WINDOWS = 1000  # stability windows
+MAX_TOLERANCE = 10.0  # stability: max/min - 1
+MAX_TIMEOUT_S = 3600.0  # one request's deadline; server start-up
+MAX_DURATION_S = 86400.0  # measured window, warm-up, minimum window
+MAX_THREADS = 1024  # intra-op threads per shard
+MAX_NODES = 256  # nodes per job
+MAX_SEED = 2**31 - 1  # numpy seeds must be >= 0
+AXIS_MAX = {"servers": MAX_SERVERS, "clients": MAX_CLIENTS, "batch": MAX_BATCH, "repeat": MAX_REPEAT}
 SERVER_KINDS = ("auto", "osmi", "tfserving")
 AXES = ("model", "servers", "clients", "batch", "gpu", "scenario", "rate", "repeat")  # order = id order
 SCENARIOS = ("closed", "poisson", "offline")
@@ -51,10 +70,12 @@ class Measure:
     duration_s: float | None = None  # ... or measure for this long instead
     timeout_s: float = 60.0  # deadline of one request; a late answer is a failure
     min_duration_s: float = 0.0  # a shorter measured window makes the run invalid
-    stability_windows: int = 1  # split the window in k parts; >1: they must agree ...
+    min_requests: int = 100  # fewer measured requests (all clients together) make it invalid
+    stability_windows: int = 3  # the last k measurement windows must agree ...
     stability_tolerance: float = 0.1  # ... within this fraction (max/min - 1), else unstable
-    stability_max_windows: int = 0  # duration mode: keep measuring windows of duration_s / k
-    #                                 until the last k agree, up to this many (0: exactly k)
+    stability_max_windows: int = 10  # keep measuring windows until the last k agree, up to this
+    #                                  many (k: exactly k windows; 1 window: no stability check)
+    stability_max_s: float = 300.0  # ... and up to this long in all
     min_backend_share: float = 0.5  # each backend must get >= this x its fair share
     seed: int = 0  # input data seed (inputs are made before the timed loop)
 
@@ -146,30 +167,41 @@ def _fill(checker: _Checker, cls: type, data: dict[str, Any], prefix: str,
 
 _positive_int = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
 _FLOATS = {"warmup_s", "duration_s", "timeout_s", "min_backend_share", "min_duration_s",
-           "stability_tolerance", "startup_timeout_s"}
+           "stability_tolerance", "stability_max_s", "startup_timeout_s"}
 _MEASURE_RULES = {
-    "warmup_requests": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "warmup_s": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "streams": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "min_duration_s": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "stability_windows": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "stability_tolerance": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "stability_max_windows": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "requests": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or null"),
-    "duration_s": (lambda v: v is None or (_is_number(v) and v > 0), "a number > 0 or null"),
-    "timeout_s": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "warmup_requests": (lambda v: _is_int(v) and 0 <= v <= MAX_REQUESTS, f"an integer from 0 to {MAX_REQUESTS}"),
+    "warmup_s": (lambda v: _is_number(v) and 0 <= v <= MAX_DURATION_S, f"a number from 0 to {MAX_DURATION_S:g}"),
+    "streams": (lambda v: _is_int(v) and 1 <= v <= MAX_STREAMS, f"an integer from 1 to {MAX_STREAMS}"),
+    "min_duration_s": (lambda v: _is_number(v) and 0 <= v <= MAX_DURATION_S,
+                       f"a number from 0 to {MAX_DURATION_S:g}"),
+    "stability_windows": (lambda v: _is_int(v) and 1 <= v <= MAX_WINDOWS, f"an integer from 1 to {MAX_WINDOWS}"),
+    "stability_tolerance": (lambda v: _is_number(v) and 0 < v <= MAX_TOLERANCE,
+                            f"a number > 0, at most {MAX_TOLERANCE:g}"),
+    "stability_max_windows": (lambda v: _is_int(v) and 1 <= v <= MAX_WINDOWS,
+                              f"an integer from 1 to {MAX_WINDOWS}"),
+    "stability_max_s": (lambda v: _is_number(v) and 0 < v <= 86400, "a number of seconds > 0, at most 86400"),
+    "min_requests": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "requests": (lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_REQUESTS),
+                 f"an integer from 1 to {MAX_REQUESTS}, or null"),
+    "duration_s": (lambda v: v is None or (_is_number(v) and 0 < v <= MAX_DURATION_S),
+                   f"a number > 0, at most {MAX_DURATION_S:g}, or null"),
+    "timeout_s": (lambda v: _is_number(v) and 0 < v <= MAX_TIMEOUT_S, f"a number > 0, at most {MAX_TIMEOUT_S:g}"),
     "min_backend_share": (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),
-    "seed": (_is_int, "an integer"),
+    "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
 }
 _SERVE_RULES = {
     "server": (lambda v: v in SERVER_KINDS, f"one of {', '.join(SERVER_KINDS)}"),
-    "models_dir": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty path"),
-    "intra_op_threads": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "startup_timeout_s": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    # {a.b}: cloudmesh-ee would expand it inside the quoted path (${VAR} is fine).
+    "models_dir": (lambda v: isinstance(v, str) and v.strip() != "" and v.isprintable() and len(v) <= 4096
+                   and re.search(r"\{[A-Za-z_]\w*(?:\.\w+)+\}", v) is None,
+                   "a non-empty path: one printable line, no {a.b} placeholder"),
+    "intra_op_threads": (lambda v: _is_int(v) and 0 <= v <= MAX_THREADS, f"an integer from 0 to {MAX_THREADS}"),
+    "startup_timeout_s": (lambda v: _is_number(v) and 0 < v <= MAX_TIMEOUT_S,
+                          f"a number > 0, at most {MAX_TIMEOUT_S:g}"),
 }
-_JOB_RULES = {"time": (lambda v: isinstance(v, str) and bool(TIME_RE.match(v)),
+_JOB_RULES = {"time": (lambda v: isinstance(v, str) and bool(TIME_RE.fullmatch(v)),
                        'a quoted Slurm time "[D-]HH:MM:SS"'),
-              "nodes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+              "nodes": (lambda v: _is_int(v) and 1 <= v <= MAX_NODES, f"an integer from 1 to {MAX_NODES}"),
               "clients_launcher": (lambda v: v in ("auto", "local", "srun"), "one of auto, local, srun")}
 
 
@@ -183,10 +215,12 @@ def _check_measure(checker: _Checker, data: dict[str, Any]) -> Measure:
         measure = Measure(**{**asdict(measure), "requests": None})
     elif measure.requests is None:
         checker.bad("measure.requests", None, "needs measure.requests or measure.duration_s")
-    if measure.stability_max_windows and (measure.duration_s is None
-                                          or measure.stability_max_windows < measure.stability_windows):
-        checker.bad("measure.stability_max_windows", measure.stability_max_windows,
-                    "needs measure.duration_s and at least measure.stability_windows")
+    if measure.stability_max_windows < measure.stability_windows:
+        if "stability_max_windows" in data:
+            checker.bad("measure.stability_max_windows", measure.stability_max_windows,
+                        f"must be at least measure.stability_windows ({measure.stability_windows})")
+        else:  # k set alone: measure at most 10 windows (or exactly k when k is larger)
+            measure = Measure(**{**asdict(measure), "stability_max_windows": measure.stability_windows})
     return measure
 
 
@@ -221,15 +255,22 @@ def _check_axes(checker: _Checker, data: Any, profile: Profile, scalar: bool) ->
             elif axis == "gpu" and value not in profile.gpus:
                 checker.bad(key, value, f"GPU type not in profile {profile.name!r}; "
                                         f"it has: {', '.join(profile.gpus)}")
-            elif axis in ("servers", "clients", "batch", "repeat") and not _positive_int[0](value):
-                checker.bad(key, value, "must be an integer >= 1")
+            elif axis in AXIS_MAX and not (_positive_int[0](value) and value <= AXIS_MAX[axis]):
+                checker.bad(key, value, f"must be an integer from 1 to {AXIS_MAX[axis]}")
             elif axis == "scenario" and value not in SCENARIOS:
                 checker.bad(key, value, f"unknown load scenario; known: {', '.join(SCENARIOS)}")
-            elif axis == "rate" and value is not None and not (_is_number(value) and value > 0):
-                checker.bad(key, value, "target requests/s (all clients together): a number > 0")
+            elif axis == "rate" and value is not None and not (_is_number(value) and 0 < value <= MAX_RATE):
+                checker.bad(key, value, f"target requests/s (all clients together): a number > 0, "
+                                        f"at most {MAX_RATE:g}")
         axes[axis] = values
     if "poisson" in axes.get("scenario", []) and None in axes.get("rate", [None]):
         checker.bad("experiment.rate", data.get("rate"), "scenario poisson needs a target rate > 0")
+    for gpu in axes.get("gpu", []):  # all shards run on the first node: one GPU each
+        per_node = profile.gpus[gpu].gpus_per_node if isinstance(gpu, str) and gpu in profile.gpus else None
+        too_many = [n for n in axes.get("servers", []) if _is_int(n) and per_node and n > per_node]
+        if too_many:
+            checker.bad("experiment.servers", too_many, f"more shards than GPU type {gpu!r} has on one "
+                                                        f"node (gpus_per_node: {per_node})")
     return axes
 
 
@@ -238,17 +279,21 @@ def _check_axes(checker: _Checker, data: Any, profile: Profile, scalar: bool) ->
 
 def _read_yaml(path: Path) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise GridError(path, [f"cannot read: {exc.strerror}"]) from None
-    try:
-        return yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise GridError(path, ["cannot read: not UTF-8 text"]) from None
+    try:  # a repeated key is an error: plain YAML would silently keep the last one
+        return load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise GridError(path, [exc.describe()]) from None
     except yaml.YAMLError as exc:
         raise GridError(path, [f"not valid YAML: {exc}"]) from None
 
 
 def _parse(data: Any, source: Path, scalar_axes: bool, profiles_dir: Path | None,
-           extra_keys: tuple[str, ...] = ()) -> Grid:
+           extra_keys: tuple[str, ...] = (), profile_file: Path | str | None = None) -> Grid:
     if not isinstance(data, Mapping):
         raise GridError(source, ["top level must be a mapping with at least `name` and `experiment`"])
     checker = _Checker()
@@ -257,12 +302,12 @@ def _parse(data: Any, source: Path, scalar_axes: bool, profiles_dir: Path | None
     name = data.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         checker.bad("name", name, "required; letters, digits, '.', '_' or '-', at most 64")
-    profile_name = data.get("profile", "localhost")
-    try:
-        profile = load_profile(profile_name, profiles_dir)
-    except (KeyError, ValueError) as exc:
-        checker.bad("profile", profile_name, str(exc).strip("'\""))
-        profile = load_profile("localhost", profiles_dir)
+    try:  # a name in profiles_dir (never a path) or inline; an explicit profile_file wins
+        profile = resolve_profile(data.get("profile", "localhost"), profiles_dir, profile_file)
+    except ProfileError as exc:
+        checker.problems.extend(exc.problems)
+        experiment = data.get("experiment")
+        profile = placeholder_profile(experiment.get("gpu") if isinstance(experiment, Mapping) else None)
     axes = _check_axes(checker, data.get("experiment"), profile, scalar_axes)
     measure = _check_measure(checker, checker.section(data, "measure"))
     serve = _fill(checker, Serve, checker.section(data, "serve"), "serve.", _SERVE_RULES)
@@ -278,10 +323,17 @@ def _parse(data: Any, source: Path, scalar_axes: bool, profiles_dir: Path | None
                 job=job, source=source)
 
 
-def load_grid(path: Path | str, profiles_dir: Path | None = None) -> Grid:
-    """Reads and validates a grid file; raises GridError listing every problem."""
+def load_grid(path: Path | str, profiles_dir: Path | None = None,
+              profile_file: Path | str | None = None) -> Grid:
+    """Reads and validates a grid file; raises GridError listing every problem.
+
+    The grid's `profile:` names a file in `profiles_dir` (default slurm/profiles)
+    or is inline; `profile_file` (e.g. from the command line) replaces it with
+    that file, wherever it is.
+    """
     source = Path(path)
-    return _parse(_read_yaml(source), source, scalar_axes=False, profiles_dir=profiles_dir)
+    return _parse(_read_yaml(source), source, scalar_axes=False, profiles_dir=profiles_dir,
+                  profile_file=profile_file)
 
 
 def load_experiment_config(path: Path | str) -> tuple[Grid, dict[str, Any], dict[str, Any]]:

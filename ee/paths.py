@@ -7,9 +7,12 @@
     <sweep>/<id>/config.yaml                 resolved config of one experiment
     <sweep>/<id>/job.slurm                   rendered job script (runs under Slurm or bash)
     <sweep>/<id>/status                      one word: running | valid | invalid | failed
-    <sweep>/<id>/logs/                       job, server-<k>, haproxy, client-<k> logs
-    <sweep>/<id>/results/                    summary.json, requests-client<k>.parquet, env.json,
-                                             telemetry.parquet, backends.json, configs, barrier/
+    <sweep>/<id>/logs/                       job, server-<k>, haproxy, client-<k> logs   } this
+    <sweep>/<id>/results/                    summary.json, requests-client<k>.parquet,    } attempt
+                                             env.json, telemetry.parquet, backends.json, } only
+                                             configs, barrier/
+    <sweep>/<id>/attempts/<n>/               earlier attempts (status, results/, logs/), kept for
+                                             audit and never read by the verdict, status or analysis
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ class ExperimentPaths:
         return self.results / "models.config"
 
     @property
+    def monitoring_config(self) -> Path:
+        """TF-Serving's --monitoring_config_file: turns on the shards' request counters."""
+        return self.results / "monitoring.config"
+
+    @property
     def haproxy_config(self) -> Path:
         return self.results / "haproxy.cfg"
 
@@ -95,6 +103,39 @@ class ExperimentPaths:
 
     def client_summary(self, k: int) -> Path:
         return self.results / f"client-{k}.json"
+
+    @property
+    def attempts(self) -> Path:
+        return self.root / "attempts"
+
+    def attempt(self, n: int) -> Path:
+        return self.attempts / str(n)
+
+    def attempt_numbers(self) -> list[int]:
+        """Numbers of the archived attempts, oldest first."""
+        if not self.attempts.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.attempts.iterdir() if p.name.isdigit())
+
+    def start_attempt(self, keep_logs: set[str] = frozenset()) -> int:
+        """Moves whatever an earlier attempt left (status, results/, logs/) to
+        attempts/<n>/ and returns this attempt's number: from here on results/ and
+        logs/ hold only this attempt's files. `keep_logs` names log files that
+        belong to this attempt already (the executor opened them before we ran)."""
+        if self.results.is_dir() and not any(self.results.iterdir()):
+            self.results.rmdir()  # made by the job script: nothing of an earlier attempt
+        leftovers = [p for p in (self.status, self.results) if p.exists()]
+        if self.logs.is_dir():
+            leftovers += [p for p in self.logs.iterdir() if p.name not in keep_logs]
+        numbers = self.attempt_numbers()
+        if not leftovers:
+            return (numbers[-1] if numbers else 0) + 1
+        n = (numbers[-1] if numbers else 0) + 1
+        archive = self.attempt(n)
+        (archive / "logs").mkdir(parents=True, exist_ok=True)
+        for p in leftovers:
+            os.replace(p, archive / ("logs" if p.parent == self.logs else "") / p.name)
+        return n + 1
 
     def read_status(self) -> str | None:
         try:

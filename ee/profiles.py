@@ -3,22 +3,143 @@
 A grid names its profile; the profile's `gpus` table decides which GPU types
 the grid may sweep and what scheduler lines each gets. Generated experiment
 configs carry the resolved profile inline, so a job never looks one up.
+
+One schema for every profile, whether a file or given inline: each field is
+typed, each number bounded, and each string that reaches a job script matches
+its pattern in full (`fullmatch`: `$` would let a trailing newline through,
+and a newline in a script is a new command). All problems are reported
+together, each naming the key and the value.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-# Values pasted into "#SBATCH" lines: sbatch parses those itself, not a shell, so
-# we allow only characters that need no quoting anywhere.
-SAFE_DIRECTIVE_RE = re.compile(r"^[A-Za-z0-9_.,:=/@+{}-]*$")
+# Every pattern is applied with fullmatch. Values pasted into "#SBATCH" lines:
+# sbatch parses those itself, not a shell, so we allow only characters that
+# need no quoting anywhere (no space, no brace, no newline).
+SAFE_DIRECTIVE_RE = re.compile(r"[A-Za-z0-9_.,:=/@+-]*")
+GRES_RE = re.compile(r"(?:[A-Za-z0-9_.,:=/@+-]|\{n\})*")  # {n}: the experiment's server count
+MEM_RE = re.compile(r"[0-9]{1,9}[KMGT]?")  # Slurm's --mem: a size, unit suffix optional
+EXTRA_SBATCH_RE = re.compile(r"--[a-z][a-z0-9-]*(?:=[A-Za-z0-9_.,:=/@+-]+)?")
+PROFILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a file stem: no '/', no '.'
+GPU_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MODULE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]{0,127}")  # `module load` names, e.g. cuda/12.2
+# One word of a launch command (shell-quoted in the script). No braces but the
+# {models_dir} token: cloudmesh-ee re-expands any {a.b} it finds in pasted text.
+WORD_RE = re.compile(r"(?:[A-Za-z0-9_.,:=/@+%~^-]|\{models_dir\})+")
+MAX_DESCRIPTION = 500  # characters
+
+# Caps: far above any real cluster, low enough that a typo or .inf is caught.
+MAX_CPUS_PER_TASK = 1024
+MAX_GPUS_PER_NODE = 64
+MAX_PRICE_PER_GPU_HOUR = 10_000.0
+
+# Flags osmi-ee writes itself: a second one in extra_sbatch would silently win or lose.
+RESERVED_SBATCH = ("job-name", "output", "time", "nodes", "ntasks", "cpus-per-task", "mem",
+                   "partition", "account", "constraint", "reservation", "gres", "chdir")
+
+
+class ProfileError(ValueError):
+    """A profile is invalid; `problems` lists every problem ("key: why (got value)")."""
+
+    def __init__(self, source: Path | str, problems: list[str]):
+        self.source = str(source)
+        self.problems = problems
+        super().__init__("\n".join(f"{self.source}: {p}" for p in problems))
+
+
+# --------------------------------------------------------------------- YAML
+
+
+class ProfileNameError(ProfileError):
+    """The grid's `profile:` is no known profile name (problems are about that value)."""
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names a key twice; plain YAML would silently keep the last."""
+
+    def __init__(self, key: str, line: int, first_line: int, mark: Any):
+        self.key, self.line, self.first_line = key, line, first_line  # key: its dotted path
+        super().__init__(None, None, f"duplicate key {key!r}", mark)
+
+    def describe(self) -> str:
+        return (f"{self.key}: duplicate key on line {self.line} (first on line {self.first_line}); "
+                "each key may appear once")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (merges `<<` may override).
+
+    The error names the key by its dotted path (`gpus.a100.mem`) and both lines."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._paths: dict[int, str] = {}
+        self._index(node, "", set())
+        return super().construct_document(node)
+
+    def _index(self, node: yaml.Node, path: str, done: set[int]) -> None:
+        """Each mapping node's dotted path, for messages (aliases: the first path)."""
+        if id(node) in done:
+            return
+        done.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            self._paths[id(node)] = path
+            for key_node, value_node in node.value:
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                self._index(value_node, f"{path}.{name}" if path else str(name), done)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._index(item, f"{path}[{i}]", done)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # unhashable: SafeLoader itself reports it
+            if first is not None:
+                parent = getattr(self, "_paths", {}).get(id(node), "")
+                raise DuplicateKeyError(f"{parent}.{key}" if parent else str(key), line, first,
+                                        key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text -> data, with SafeLoader's types; DuplicateKeyError on a repeated key."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def read_yaml_file(path: Path) -> Any:
+    """A YAML file's data; ProfileError (one problem) when unreadable, not YAML, or a key repeats."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProfileError(path, [f"cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ProfileError(path, ["cannot read: not UTF-8 text"]) from None
+    try:
+        return load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise ProfileError(path, [exc.describe()]) from None
+    except yaml.YAMLError as exc:
+        raise ProfileError(path, [f"not valid YAML: {exc}"]) from None
+
+
+# --------------------------------------------------------------------- schema
 
 
 @dataclass(frozen=True)
@@ -30,30 +151,136 @@ class GpuType:
     constraint: str = ""
     reservation: str = ""
     price_per_gpu_hour: float | None = None
+    gpus_per_node: int | None = None  # cards on one node: caps experiment.servers (shards share a node)
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    partition: str = ""  # empty: the cluster's default partition
+    account: str = ""  # empty: no --account line
+    extra_sbatch: list[str] = field(default_factory=list)  # further flags, e.g. ["--exclusive"]
+    modules: list[str] = field(default_factory=list)  # `module load` lines (Lmod clusters)
 
 
 @dataclass(frozen=True)
 class Profile:
     name: str
     description: str = ""
-    scheduler: dict[str, Any] = field(default_factory=dict)
+    scheduler: Scheduler = field(default_factory=Scheduler)
     gpus: dict[str, GpuType] = field(default_factory=dict)
     server_command: list[str] = field(default_factory=list)  # empty: decided on the node
     haproxy: list[str] = field(default_factory=lambda: ["haproxy"])
 
     def as_dict(self) -> dict[str, Any]:
         """The profile in its file format (generated configs carry it inline)."""
-        return {"name": self.name, "description": self.description, "scheduler": self.scheduler,
+        return {"name": self.name, "description": self.description, "scheduler": asdict(self.scheduler),
                 "gpus": {k: asdict(v) for k, v in self.gpus.items()},
                 "server": {"command": self.server_command}, "haproxy": self.haproxy}
 
 
-def profiles_dir() -> Path:
-    """Where named profiles live: $OSMI_EE_PROFILES, else the source tree's slurm/profiles."""
-    env = os.environ.get("OSMI_EE_PROFILES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "slurm" / "profiles"
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and low <= v <= high
+
+
+def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and pattern.fullmatch(v) is not None
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _number_in(low: float, high: float) -> Callable[[Any], bool]:
+    # Bounded on both sides, so nan (no comparison holds) and inf fail too.
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high
+
+
+def _description(v: Any) -> bool:  # not in any script, but one printable line all the same
+    return isinstance(v, str) and len(v) <= MAX_DESCRIPTION and v.isprintable()
+
+
+def _extra_sbatch(v: Any) -> bool:
+    if not isinstance(v, str) or not EXTRA_SBATCH_RE.fullmatch(v):
+        return False
+    return v[2:].split("=", 1)[0] not in RESERVED_SBATCH
+
+
+_DIRECTIVE = "letters, digits and _.,:=/@+- only"
+_GPU_RULES: dict[str, Rule] = {
+    "gres": (_matches(GRES_RE), "letters, digits, _.,:=/@+- and {n} (the server count) only"),
+    "cpus_per_task": (_int_in(1, MAX_CPUS_PER_TASK), f"an integer from 1 to {MAX_CPUS_PER_TASK}"),
+    "mem": (_matches(MEM_RE), 'a quoted Slurm memory size: digits and an optional K, M, G or T, e.g. "64G"'),
+    "partition": (_matches(SAFE_DIRECTIVE_RE), _DIRECTIVE),
+    "constraint": (_matches(SAFE_DIRECTIVE_RE), _DIRECTIVE),
+    "reservation": (_matches(SAFE_DIRECTIVE_RE), _DIRECTIVE),
+    "price_per_gpu_hour": (_optional(_number_in(0, MAX_PRICE_PER_GPU_HOUR)),
+                           f"a number from 0 to {MAX_PRICE_PER_GPU_HOUR:g}, or null"),
+    "gpus_per_node": (_optional(_int_in(1, MAX_GPUS_PER_NODE)), f"an integer from 1 to {MAX_GPUS_PER_NODE}, or null"),
+}
+_SCHEDULER_RULES: dict[str, Rule] = {
+    "partition": (_matches(SAFE_DIRECTIVE_RE), _DIRECTIVE),
+    "account": (_matches(SAFE_DIRECTIVE_RE), _DIRECTIVE),
+}
+_FLOATS = {"price_per_gpu_hour"}
+
+
+class _Problems(list):
+    """Problems found so far, each "key: why (got value)" like the grid's."""
+
+    def bad(self, key: str, value: Any, why: str) -> None:
+        self.append(f"{key}: {why} (got {value!r})")
+
+    def unknown(self, data: Mapping[Any, Any], known: Iterable[str], prefix: str) -> None:
+        known = list(known)
+        for key in data:
+            if key not in known:
+                self.bad(f"{prefix}{key}", data[key], f"unknown key; known keys: {', '.join(known)}")
+
+
+def _mapping(problems: _Problems, value: Any, key: str) -> dict[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.bad(key, value, "must be a mapping")
+        return {}
+    return dict(value)
+
+
+def _fill(problems: _Problems, data: Mapping[Any, Any], prefix: str, rules: dict[str, Rule]) -> dict[str, Any]:
+    """The values of `data` that pass their rule; each other one is a problem."""
+    values = {}
+    for key, (check, why) in rules.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if not check(value):
+            problems.bad(prefix + key, value, why)
+        else:
+            values[key] = float(value) if key in _FLOATS and value is not None else value
+    return values
+
+
+def _list_of(problems: _Problems, value: Any, key: str, check: Callable[[Any], bool],
+             why: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.bad(key, value, f"must be a list of {why}")
+        return []
+    good = []
+    for i, item in enumerate(value):
+        if check(item):
+            good.append(item)
+        else:
+            problems.bad(f"{key}[{i}]", item, why)
+    return good
 
 
 _DEFAULT_RE = re.compile(r"\$\{(\w+):-([^}]*)\}")
@@ -68,67 +295,162 @@ def expand_vars(value: str, where: str) -> str:
     return value
 
 
-def _words(value: Any, where: str) -> list[str]:
+def _words(problems: _Problems, value: Any, key: str) -> list[str]:
+    """A launch command: a list of words (or one string split on spaces), ${VAR}s expanded."""
     if isinstance(value, str):
         value = value.split()
-    if not isinstance(value, list) or not all(isinstance(w, (str, int, float)) for w in value):
-        raise ValueError(f"{where}: must be a list of words (got {value!r})")
-    return [expand_vars(str(w), where) for w in value]
+    if not isinstance(value, list):
+        problems.bad(key, value, "must be a list of words")
+        return []
+    words = []
+    for i, word in enumerate(value):
+        where = f"{key}[{i}]"
+        if isinstance(word, bool) or not isinstance(word, (str, int, float)):
+            problems.bad(where, word, "must be a word (a string)")
+            continue
+        try:
+            expanded = expand_vars(str(word), where)
+        except ValueError:
+            problems.bad(where, word, "names an unset environment variable")
+            continue
+        if not WORD_RE.fullmatch(expanded):
+            problems.bad(where, expanded, "letters, digits, _.,:=/@+%~^- and the {models_dir} token only "
+                                          "(after ${VAR} expansion)")
+            continue
+        words.append(expanded)
+    return words
 
 
-def _check_directive(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not SAFE_DIRECTIVE_RE.match(value):
-        raise ValueError(f"{where}: {value!r} may hold only letters, digits and _.,:=/@+{{}}-")
-    return value
-
-
-def parse_profile(data: Mapping[str, Any], where: str) -> Profile:
-    """Builds a Profile from a mapping; ValueError names the bad key and value."""
-    known = {"name", "description", "scheduler", "gpus", "server", "haproxy"}
-    extra = set(data) - known
-    if extra:
-        raise ValueError(f"{where}: unknown key(s) {sorted(extra)}; known keys: {sorted(known)}")
-    gpus_raw = data.get("gpus") or {}
-    if not isinstance(gpus_raw, Mapping) or not gpus_raw:
-        raise ValueError(f"{where}: gpus must map at least one GPU type to its settings")
+def _gpus(problems: _Problems, value: Any) -> dict[str, GpuType]:
+    if not isinstance(value, Mapping) or not value:
+        problems.bad("gpus", value, "must map at least one GPU type to its settings")
+        return {}
     gpus: dict[str, GpuType] = {}
-    gpu_keys = set(GpuType.__dataclass_fields__)
-    for gpu, settings in gpus_raw.items():
-        settings = dict(settings or {})
-        extra = set(settings) - gpu_keys
-        if extra:
-            raise ValueError(f"{where}: gpus.{gpu}: unknown key(s) {sorted(extra)}; known: {sorted(gpu_keys)}")
-        for key in ("gres", "partition", "constraint", "reservation", "mem"):
-            if key in settings:
-                _check_directive(f"{where}: gpus.{gpu}.{key}", settings[key])
-        gpus[str(gpu)] = GpuType(**settings)
-    server = dict(data.get("server") or {})
-    extra = set(server) - {"command"}
-    if extra:
-        raise ValueError(f"{where}: server: unknown key(s) {sorted(extra)}; known: ['command']")
-    server_command = _words(server.get("command", []), f"{where}: server.command")
+    for gpu, settings in value.items():
+        if not isinstance(gpu, str) or not GPU_NAME_RE.fullmatch(gpu):
+            problems.bad("gpus", gpu, "a GPU type name: letters, digits, '.', '_' or '-', at most 64")
+            continue
+        prefix = f"gpus.{gpu}."
+        settings = _mapping(problems, settings, prefix[:-1])
+        problems.unknown(settings, GpuType.__dataclass_fields__, prefix)
+        gpus[gpu] = GpuType(**_fill(problems, settings, prefix, _GPU_RULES))
+    return gpus
+
+
+def _scheduler(problems: _Problems, value: Any) -> Scheduler:
+    data = _mapping(problems, value, "scheduler")
+    problems.unknown(data, Scheduler.__dataclass_fields__, "scheduler.")
+    values = _fill(problems, data, "scheduler.", _SCHEDULER_RULES)
+    values["extra_sbatch"] = _list_of(
+        problems, data.get("extra_sbatch"), "scheduler.extra_sbatch", _extra_sbatch,
+        f"sbatch flags like --exclusive or --qos=high (letters, digits, _.,:=/@+-), "
+        f"none of those osmi-ee sets ({', '.join(RESERVED_SBATCH)})")
+    values["modules"] = _list_of(problems, data.get("modules"), "scheduler.modules",
+                                 _matches(MODULE_RE), "module names like cuda/12.2 (letters, digits, _.+/-)")
+    return Scheduler(**values)
+
+
+def _profile_problems(data: Any, default_name: str) -> tuple[Profile | None, _Problems]:
+    problems = _Problems()
+    if not isinstance(data, Mapping):
+        problems.bad("top level", data, "must be a mapping with at least `gpus`")
+        return None, problems
+    problems.unknown(data, ("name", "description", "scheduler", "gpus", "server", "haproxy"), "")
+    name = data.get("name", default_name)
+    if not _matches(PROFILE_NAME_RE)(name):
+        problems.bad("name", name, "letters, digits, '_' or '-', at most 64")
+    description = data.get("description", "")
+    if not _description(description):
+        problems.bad("description", description, f"one printable line of at most {MAX_DESCRIPTION} characters")
+    scheduler = _scheduler(problems, data.get("scheduler"))
+    gpus = _gpus(problems, data.get("gpus"))
+    server = _mapping(problems, data.get("server"), "server")
+    problems.unknown(server, ("command",), "server.")
+    server_command = _words(problems, server.get("command", []), "server.command")
     container = server_command[:1] and server_command[0] in ("apptainer", "singularity")
     if container and "--nv" not in server_command and any(g != "cpu" for g in gpus):
         # The old OSMI setup lost --nv and served on the CPU without noticing.
-        raise ValueError(f"{where}: server.command starts a container without --nv, "
-                         "so its GPU types would serve on the CPU")
-    scheduler = dict(data.get("scheduler") or {})
-    for key in ("partition", "account"):
-        if key in scheduler:
-            _check_directive(f"{where}: scheduler.{key}", scheduler[key])
-    return Profile(name=str(data.get("name", "")), description=str(data.get("description", "")),
-                   scheduler=scheduler, gpus=gpus, server_command=server_command,
-                   haproxy=_words(data.get("haproxy", ["haproxy"]), f"{where}: haproxy"))
+        problems.bad("server.command", server_command, "starts a container without --nv, "
+                                                       "so its GPU types would serve on the CPU")
+    haproxy_raw = data.get("haproxy", ["haproxy"])
+    haproxy = _words(problems, haproxy_raw, "haproxy")
+    if not haproxy_raw:
+        problems.bad("haproxy", haproxy_raw, "needs the command that starts HAProxy")
+    profile = Profile(name=name if isinstance(name, str) else default_name,
+                      description=description if isinstance(description, str) else "",
+                      scheduler=scheduler, gpus=gpus, server_command=server_command, haproxy=haproxy)
+    return profile, problems
+
+
+def parse_profile(data: Any, where: str, default_name: str = "inline") -> Profile:
+    """Builds a Profile from a mapping; ProfileError (from `where`) lists every bad key and value."""
+    profile, problems = _profile_problems(data, default_name)
+    if problems or profile is None:
+        raise ProfileError(where, list(problems))
+    return profile
+
+
+# --------------------------------------------------------------------- finding
+
+
+def profiles_dir() -> Path:
+    """Where named profiles live: $OSMI_EE_PROFILES, else the source tree's slurm/profiles."""
+    env = os.environ.get("OSMI_EE_PROFILES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "slurm" / "profiles"
+
+
+def load_profile_file(path: Path | str) -> Profile:
+    """A profile from an explicit file (e.g. given on the command line)."""
+    path = Path(path)
+    stem = path.stem if PROFILE_NAME_RE.fullmatch(path.stem) else "custom"
+    return parse_profile(read_yaml_file(path) or {}, str(path), default_name=stem)
+
+
+def _named_path(ref: Any, directory: Path) -> Path:
+    """The file of profile name `ref`; ProfileError (about the name) when it is none."""
+    if not isinstance(ref, str) or not PROFILE_NAME_RE.fullmatch(ref):
+        # A name, never a path: a grid must not make us read files elsewhere.
+        raise ProfileNameError(directory, [f"profile: a profile name from {directory} (letters, digits, "
+                                           f"'_' or '-'; no path) or an inline mapping (got {ref!r})"])
+    path = directory / f"{ref}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise ProfileNameError(directory, [f"profile: unknown profile; known profiles: "
+                                           f"{', '.join(known)} (got {ref!r})"])
+    return path
 
 
 def load_profile(ref: str | Mapping[str, Any], directory: Path | None = None) -> Profile:
     """A profile by name (a file in the profiles folder) or given inline as a mapping."""
     if isinstance(ref, Mapping):
-        return parse_profile(ref, "profile")
-    directory = directory or profiles_dir()
-    path = directory / f"{ref}.yaml"
-    if not isinstance(ref, str) or not path.is_file():
-        known = sorted(p.stem for p in directory.glob("*.yaml"))
-        raise KeyError(f"unknown profile; known profiles: {', '.join(known)}")
-    data = yaml.safe_load(path.read_text()) or {}
-    return parse_profile(data, str(path))
+        return parse_profile(ref, "inline profile")
+    return load_profile_file(_named_path(ref, directory or profiles_dir()))
+
+
+def resolve_profile(ref: Any, directory: Path | None = None,
+                    profile_file: Path | str | None = None) -> Profile:
+    """A grid's profile: `profile_file` when given, else `ref` (a name in `directory` or
+    inline). ProfileError's problems are in the grid's terms: `profile.<key>` for an
+    inline profile, `profile: <file>: <key>` for a file."""
+    if profile_file is None and isinstance(ref, Mapping):
+        profile, problems = _profile_problems(ref, "inline")
+        if problems or profile is None:
+            raise ProfileError("profile", [f"profile.{p}" for p in problems])
+        return profile
+    try:
+        path = Path(profile_file) if profile_file is not None else _named_path(ref, directory or profiles_dir())
+        return load_profile_file(path)
+    except ProfileNameError:
+        raise  # its problems are about the grid's value already
+    except ProfileError as exc:
+        raise ProfileError("profile", [f"profile: {exc.source}: {p}" for p in exc.problems]) from None
+
+
+def placeholder_profile(gpu_axis: Any) -> Profile:
+    """Stands in for a profile that failed, so the rest of a grid is still checked
+    without a second, spurious problem for each GPU type it names."""
+    values = gpu_axis if isinstance(gpu_axis, list) else [gpu_axis]
+    names = [v for v in values if isinstance(v, str)] or ["cpu"]
+    return Profile(name="invalid", gpus={n: GpuType() for n in names})

@@ -1,10 +1,12 @@
 """Fill the job template (slurm/*.in.slurm) for one experiment; pure.
 
 Rendering is cloudmesh-ee's (`ExperimentExecutor.generate`). Around it we fix
-three of its known problems: values are shell-quoted here (it pastes raw
-text), unknown placeholders are an error (it leaves them silently), and we
-pass only dotted keys, so bash's `${VAR}` is never rewritten (it replaces any
-`{key}` whose key is a config leaf).
+four of its known problems: values are shell-quoted here (it pastes raw
+text), unknown placeholders are an error (it leaves them silently), we pass
+only dotted keys, so bash's `${VAR}` is never rewritten (it replaces any
+`{key}` whose key is a config leaf), and a value holding a `{key}` is an
+error (its replace runs over earlier values too: the pasted quoted value of
+`{key}` would close the quotes around the first one).
 """
 
 from __future__ import annotations
@@ -13,17 +15,23 @@ import contextlib
 import io
 import re
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from osmi_ee.ee.expand import Experiment
-from osmi_ee.ee.profiles import SAFE_DIRECTIVE_RE
 
 PLACEHOLDER_RE = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)+\}")
 
 
 class TemplateError(ValueError):
     pass
+
+
+# Every line we write after "#SBATCH ": a flag and an unquoted value. Bash reads
+# these lines as comments, so only a newline could make one run; sbatch reads
+# them, so no space may add a flag. Profiles are checked on load; this is the backstop.
+_SBATCH_LINE_RE = re.compile(r"--[a-z][a-z0-9-]*(?:=[A-Za-z0-9_.,:=/@+%-]*)?")
 
 
 def sbatch_lines(experiment: Experiment) -> list[str]:
@@ -40,29 +48,28 @@ def sbatch_lines(experiment: Experiment) -> list[str]:
         f"--cpus-per-task={gpu.cpus_per_task}",
         f"--mem={gpu.mem}",
     ]
-    partition = gpu.partition or scheduler.get("partition", "")
-    for flag, value in (("partition", partition), ("account", scheduler.get("account", "")),
+    partition = gpu.partition or scheduler.partition
+    for flag, value in (("partition", partition), ("account", scheduler.account),
                         ("constraint", gpu.constraint), ("reservation", gpu.reservation)):
         if value:
             lines.append(f"--{flag}={value}")
     if gpu.gres:
         lines.append(f"--gres={gpu.gres.replace('{n}', str(experiment.params['servers']))}")
-    for extra in scheduler.get("extra_sbatch", []) or []:
-        if not SAFE_DIRECTIVE_RE.match(str(extra)) or not str(extra).startswith("--"):
-            raise TemplateError(f"profile scheduler.extra_sbatch: unsafe flag {extra!r}")
-        lines.append(str(extra))
+    lines.extend(scheduler.extra_sbatch)
+    for line in lines:
+        if not _SBATCH_LINE_RE.fullmatch(line):
+            raise TemplateError(f"profile {profile.name!r}: unsafe #SBATCH line {line!r}")
     return [f"#SBATCH {line}" for line in lines]
 
 
 def variables(experiment: Experiment, experiment_dir: Path, python: str) -> dict[str, Any]:
     """Template variables: nested dict whose leaves are final, quoted strings."""
     grid = experiment.grid
-    modules = grid.profile.scheduler.get("modules", []) or []
     # The server launch goes into the script, where a reader (and a test) can see
     # it, e.g. that every GPU shard's container gets --nv. Empty: the node decides.
     command = [] if grid.serve.server == "osmi" else grid.profile.server_command
     command = [w.replace("{models_dir}", grid.serve.models_dir) for w in command]
-    setup = "\n".join(f"module load {shlex.quote(str(m))}" for m in modules)
+    setup = "\n".join(f"module load {shlex.quote(m)}" for m in grid.profile.scheduler.modules)
     return {
         "sbatch": {"lines": "\n".join(sbatch_lines(experiment))},
         "job": {
@@ -75,10 +82,27 @@ def variables(experiment: Experiment, experiment_dir: Path, python: str) -> dict
     }
 
 
+def _pasted_placeholders(values: Any, parent: str = "") -> list[str]:
+    """Leaf keys whose value holds a {a.b} placeholder."""
+    found = []
+    for k, v in values.items():
+        name = f"{parent}.{k}" if parent else str(k)
+        if isinstance(v, Mapping):
+            found += _pasted_placeholders(v, name)
+        elif PLACEHOLDER_RE.search(str(v)):
+            found.append(name)
+    return found
+
+
 def render(template: str, values: dict[str, Any]) -> str:
     """Substitutes {a.b} placeholders; any placeholder left over is an error."""
     from cloudmesh.ee.experimentexecutor import ExperimentExecutor
 
+    # cloudmesh-ee replaces key after key over the whole text, so a later key would
+    # be expanded inside an earlier, quoted value: its quotes would close that one's.
+    pasted = _pasted_placeholders(values) if isinstance(values, Mapping) else []
+    if pasted:
+        raise TemplateError(f"values hold a template placeholder: {', '.join(pasted)}")
     # cloudmesh-ee prints as it works; keep our output clean.
     with contextlib.redirect_stdout(io.StringIO()):
         text, _ = ExperimentExecutor(verbose=False).generate(template, values)
@@ -103,8 +127,9 @@ class Renderer:
     placeholder, which its sequential replace would then expand too: no value
     holds a brace, and no marker sits on a template line between a `{` and a
     `}`. Anything else (and any value set cloudmesh-ee itself would reject)
-    goes through `render` as before. Leftover placeholders are checked on
-    every final text, as `render` does.
+    goes through `render` as before (which refuses a value holding a
+    placeholder). Leftover placeholders are checked on every final text, as
+    `render` does.
     """
 
     _MARK = "\x00osmi-ee:{}\x00"

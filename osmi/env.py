@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,19 @@ def git_commit(directory: Path) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
+
+
+def server_version(kind: str, argv: list[str]) -> str | None:
+    """What served the figures, with its version: TF-Serving's own --version line, or
+    our compatible server with the osmi-ee and TensorFlow versions it runs."""
+    if kind == "osmi-model-server":
+        tf = _version("tensorflow") or _version("tensorflow-cpu")
+        return f"osmi-model-server {_version('osmi-ee')} (TensorFlow {tf})"
+    if not argv:
+        return None
+    # The shard's command without its per-shard flags; works through `apptainer exec` too.
+    prefix = [w for w in argv if not w.startswith("--")]
+    return _first_line([*prefix, "--version"]) or kind
 
 
 def manifest(haproxy: list[str], server_argv: list[str]) -> dict[str, Any]:
@@ -73,3 +87,63 @@ def manifest(haproxy: list[str], server_argv: list[str]) -> dict[str, Any]:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "git_commit": git_commit(Path(__file__).resolve().parent.parent),
     }
+
+
+class MachineLoad:
+    """How busy the machine was while a run measured: CPU used by processes outside
+    this job, the load average and CPU time stolen by a hypervisor, so an unstable
+    run can say why (for example, a busy machine)."""
+
+    def __init__(self, own_pid: int | None = None) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.own_pid = own_pid or os.getpid()
+        self.loadavg_start = list(os.getloadavg())
+        self._times = psutil.cpu_times()
+        self._procs = self._process_times()
+        self._t0 = time.monotonic()
+
+    def _process_times(self) -> dict[int, float]:
+        times = {}
+        for proc in self._psutil.process_iter(["cpu_times"]):
+            cpu = proc.info.get("cpu_times")
+            if cpu is not None:
+                times[proc.pid] = cpu.user + cpu.system
+        return times
+
+    def finish(self) -> dict[str, Any]:
+        """Call while the job's processes still run (they are told apart as ours)."""
+        after = self._psutil.cpu_times()
+        elapsed = time.monotonic() - self._t0
+        try:
+            ours = {self.own_pid, *(c.pid for c in self._psutil.Process(self.own_pid).children(recursive=True))}
+        except self._psutil.Error:
+            ours = {self.own_pid}
+        now = self._process_times()
+        foreign = sum(max(0.0, t - self._procs[pid]) for pid, t in now.items()
+                      if pid in self._procs and pid not in ours)
+        total = sum(after) - sum(self._times)
+        steal = getattr(after, "steal", 0.0) - getattr(self._times, "steal", 0.0)
+        return {"cpu_count": os.cpu_count(),
+                "loadavg_start": self.loadavg_start,
+                "loadavg_end": list(os.getloadavg()),
+                "other_processes_cores": foreign / elapsed if elapsed > 0 else None,
+                "cpu_steal_fraction": steal / total if total > 0 else None}
+
+
+def busy_machine_note(load: dict[str, Any] | None) -> str | None:
+    """'the machine is busy: ...' when processes outside the job or a hypervisor took
+    a good part of the CPU while it measured, else None."""
+    if not load or not load.get("cpu_count"):
+        return None
+    cores = load["cpu_count"]
+    other = load.get("other_processes_cores") or 0.0
+    steal = load.get("cpu_steal_fraction") or 0.0
+    parts = []
+    if other > 0.25 * cores:
+        parts.append(f"other processes used {other:.1f} of {cores} cores "
+                     f"(load average {load['loadavg_end'][0]:.1f})")
+    if steal > 0.05:
+        parts.append(f"{steal:.0%} of CPU time stolen by the hypervisor")
+    return "the machine is busy: " + ", ".join(parts) if parts else None

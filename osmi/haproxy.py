@@ -31,6 +31,9 @@ def render_config(frontend_port: int, stats_port: int, backends: list[Backend], 
     lines = [
         "global",
         "    maxconn 4096",
+        # Bind exclusively: with SO_REUSEPORT (HAProxy's default) a second listener on
+        # the same port would silently take part of the clients' load.
+        "    noreuseport",
         "defaults",
         "    mode http",
         "    timeout connect 5s",

@@ -107,6 +107,8 @@ def run_closed(issuer: Issuer, plan: Plan, start_ns: int) -> None:
         nonlocal budget
         if end_ns is not None:
             return time.perf_counter_ns() < end_ns and not asked_to_stop()
+        if asked_to_stop():  # the runner's window loop has measured enough
+            return False
         with lock:
             if budget > 0:
                 budget -= 1

@@ -4,28 +4,51 @@ Throughput = successful samples / measured window, all clients together,
 where the window runs from the first measured request's start to the last
 measured request's end (wall clock, so clients on other nodes count too).
 Requests per second use the same window. Warm-up requests are never in it.
-A run is VALID only if every request is accounted for and none failed (and,
-with several servers, each got its share); an invalid run gets no speed.
+
+A run is VALID only if every rule holds (README, "Validity rules"): every
+request accounted for at both ends (clients, balancer, and each shard where
+it can count), none failed, enough measured requests over a long enough
+window, stable windows, and, with several servers, each backend got its
+share. An invalid run gets no speed. No figure is reported without enough
+samples behind it: a quantile q needs n * (1 - q) >= MIN_TAIL requests.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
+from osmi_ee.osmi.stats import batch_means_ci
+
 MEASURED = 1
 PERCENTILES = (50, 90, 99)
+MIN_TAIL = 10  # requests that must lie beyond a reported quantile
+CI_BATCHES = 10  # sub-windows (batch means) behind one run's throughput interval
+NOT_ENOUGH = "not enough samples"
 
 
-def latency_stats_ms(latency_ns: np.ndarray) -> dict[str, float | None]:
-    if latency_ns.size == 0:
-        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}, "max": None}
+def min_samples(percentile: float) -> int:
+    """Requests needed to report a percentile: p50 20, p90 100, p99 1,000."""
+    return math.ceil(MIN_TAIL / (1 - percentile / 100) - 1e-9)
+
+
+def latency_stats_ms(latency_ns: np.ndarray) -> dict[str, Any]:
+    """Mean, p50/p90/p99 and max in ms; a figure without enough samples is None,
+    and `missing` says which and why."""
+    n = int(latency_ns.size)
     ms = latency_ns / 1e6
-    stats = {"mean": float(ms.mean())}
-    for p, value in zip(PERCENTILES, np.percentile(ms, PERCENTILES)):
-        stats[f"p{p}"] = float(value)
-    stats["max"] = float(ms.max())
+    stats: dict[str, Any] = {"n": n, "mean": float(ms.mean()) if n >= min_samples(50) else None}
+    missing = [] if stats["mean"] is not None else ["mean"]
+    for p in PERCENTILES:
+        enough = n >= min_samples(p)
+        stats[f"p{p}"] = float(np.percentile(ms, p)) if enough else None
+        if not enough:
+            missing.append(f"p{p}")
+    stats["max"] = float(ms.max()) if n else None
+    stats["missing"] = {name: f"{NOT_ENOUGH} ({n} < {min_samples(50 if name == 'mean' else int(name[1:]))})"
+                        for name in missing}
     return stats
 
 
@@ -72,23 +95,61 @@ def window_figures(start_ns: np.ndarray, end_ns: np.ndarray, ok: np.ndarray, lat
         mask = (part == j) & ok
         lat = latency_ns[mask] / 1e6
         windows.append({"samples_per_s": float(mask.sum() * batch / length_s) if length_s > 0 else None,
-                        "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-                        "p99_ms": float(np.percentile(lat, 99)) if lat.size else None})
+                        "requests": int(mask.sum()),
+                        "p50_ms": float(np.percentile(lat, 50)) if lat.size >= min_samples(50) else None,
+                        "p99_ms": float(np.percentile(lat, 99)) if lat.size >= min_samples(99) else None})
     return windows
+
+
+def spread(rates: list[float]) -> float:
+    """max / min - 1 of the rates (inf when one is zero): how far windows disagree."""
+    low, high = min(rates), max(rates)
+    return (high / low - 1) if low > 0 else math.inf
 
 
 def stability_problem(windows: list[dict[str, float | None]], tolerance: float,
                       last: int | None = None) -> str | None:
-    """Do the last `last` windows (default: all) agree within `tolerance`?"""
+    """Do the last `last` windows (default: all) agree within `tolerance`?
+    The one stability rule: the runner's live loop and the verdict both use it."""
     rates = [w["samples_per_s"] or 0.0 for w in windows][-(last or len(windows)):]
     if len(rates) < 2:
         return None
-    low, high = min(rates), max(rates)
-    spread = (high / low - 1) if low > 0 else float("inf")
-    if spread <= tolerance:
+    if spread(rates) <= tolerance:
         return None
-    return (f"unstable: throughput of the {len(rates)} measurement windows varies by "
-            f"{spread:.0%} (> {tolerance:.0%}): {', '.join(f'{r:.1f}' for r in rates)} samples/s")
+    return (f"unstable: throughput of the last {len(rates)} measurement windows varies by "
+            f"{spread(rates):.0%} (> {tolerance:.0%}): {', '.join(f'{r:.1f}' for r in rates)} samples/s")
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def accounting_problems(sent: int, backend_counts: dict[str, int] | None,
+                        server_counts: dict[str, int | None] | None) -> list[str]:
+    """Every request seen at both ends: the balancer forwarded exactly what the clients
+    sent in the window, and each shard served exactly what the balancer gave it."""
+    if backend_counts is None:
+        return ["the balancer's request counts could not be read, so the requests are not accounted for"]
+    problems = []
+    forwarded = sum(backend_counts.values())
+    if forwarded != sent:
+        problems.append(f"the balancer forwarded {forwarded} request(s) in the window but the clients "
+                        f"sent {sent}: traffic went elsewhere (another listener on the port?) or was retried")
+    for name, served in sorted((server_counts or {}).items()):
+        if served is not None and served != backend_counts.get(name, 0):
+            problems.append(f"shard {name} served {served} request(s) but the balancer sent it "
+                            f"{backend_counts.get(name, 0)}")
+    return problems
+
+
+def throughput_interval(start_ns: np.ndarray, end_ns: np.ndarray, ok: np.ndarray,
+                        batch: int) -> tuple[float, float] | None:
+    """95% interval of the run's samples/s from CI_BATCHES equal sub-windows (batch means)."""
+    if int(ok.sum()) < CI_BATCHES * 2:
+        return None
+    rates = [w["samples_per_s"] for w in window_figures(start_ns, end_ns, ok, end_ns - start_ns,
+                                                         batch, CI_BATCHES)]
+    return batch_means_ci([r for r in rates if r is not None])
 
 
 def arrival_figures(start_ns: np.ndarray, delay_ns: np.ndarray, target_rate: float) -> dict[str, Any]:
@@ -109,15 +170,18 @@ def arrival_figures(start_ns: np.ndarray, delay_ns: np.ndarray, target_rate: flo
 
 
 def summarize(records: dict[str, np.ndarray], *, batch: int, clients: list[dict[str, Any]],
-              backend_counts: dict[str, int], min_backend_share: float,
+              backend_counts: dict[str, int] | None, min_backend_share: float,
+              server_counts: dict[str, int | None] | None = None,
               problems: list[str] | None = None, stability_windows: int = 1,
-              stability_tolerance: float = 0.1, min_duration_s: float = 0.0,
+              stability_tolerance: float = 0.1, min_duration_s: float = 0.0, min_requests: int = 0,
               target_rate: float | None = None, mode: str = "count",
               stability_last: int | None = None) -> dict[str, Any]:
     """Figures and verdict from all clients' records (columns as written by the client).
 
     `clients` holds each client's own summary (or None if it wrote none) and
-    exit code; `problems` are reasons found by the runner (start-up etc.).
+    exit code; `backend_counts` the balancer's per-backend count over the window
+    (None: not read); `server_counts` each shard's own count where it has one;
+    `problems` are reasons found by the runner (start-up etc.).
     """
     reasons = list(problems or [])
     measured = records["phase"] == MEASURED
@@ -145,18 +209,26 @@ def summarize(records: dict[str, np.ndarray], *, batch: int, clients: list[dict[
         reasons.append(f"{failed} request(s) failed")
     if sent == 0:
         reasons.append("no measured request")
-    reasons += share_problems(backend_counts, min_backend_share)
+    elif sent < min_requests:
+        reasons.append(f"{NOT_ENOUGH}: {sent} measured request(s), the minimum is {min_requests} "
+                       "(measure.min_requests)")
+    if sent:
+        reasons += accounting_problems(sent, backend_counts, server_counts)
+    reasons += share_problems(backend_counts or {}, min_backend_share)
     win = window_s(start, latency)
     if sent and win < min_duration_s:
         reasons.append(f"measured window {win:.2f} s is shorter than the minimum {min_duration_s:g} s")
     windows = window_figures(start, start + latency, ok_mask, latency, batch, stability_windows)
-    unstable = stability_problem(windows, stability_tolerance, stability_last) if stability_windows > 1 else None
+    checked = stability_windows > 1 and sent > 0
+    unstable = stability_problem(windows, stability_tolerance, stability_last) if checked else None
     if unstable:
         reasons.append(unstable)
+    last_rates = [w["samples_per_s"] or 0.0 for w in windows][-(stability_last or len(windows)):]
 
     valid = not reasons
     samples_ok = ok * batch
     speed = valid and win > 0
+    interval = throughput_interval(start, start + latency, ok_mask, batch) if speed else None
     return {
         "valid": valid,
         "reasons": reasons,
@@ -165,12 +237,18 @@ def summarize(records: dict[str, np.ndarray], *, batch: int, clients: list[dict[
         "window_s": win,
         "throughput": {
             "samples_per_s": samples_ok / win if speed else None,
+            "samples_per_s_ci95": list(interval) if interval else None,
             "requests_per_s": ok / win if speed else None,
         },
         "latency_ms": latency_stats_ms(latency[ok_mask]),
-        "backends": backend_shares(backend_counts),
+        "backends": backend_shares(backend_counts or {}),
+        "accounting": {"clients_sent": sent,
+                       "balancer_forwarded": sum(backend_counts.values()) if backend_counts is not None else None,
+                       "balancer_per_backend": backend_counts,
+                       "server_served": server_counts},
         "measurement": {"mode": mode, "windows": windows if stability_windows > 1 else [],
-                        "stable": (unstable is None) if stability_windows > 1 and sent else None,
-                        "tolerance": stability_tolerance},
+                        "stable": (unstable is None) if checked else None,
+                        "spread": _finite(spread(last_rates)) if checked and len(last_rates) > 1 else None,
+                        "tolerance": stability_tolerance, "min_requests": min_requests},
         **({"arrival": arrival_figures(start, delay, target_rate)} if target_rate else {}),
     }

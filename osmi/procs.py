@@ -31,6 +31,37 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def port_listeners(port: int) -> list[int | None]:
+    """Pids of the sockets listening on TCP `port` (None where the owner is not ours to see)."""
+    import psutil
+
+    return [c.pid for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
+
+
+def foreign_listeners(port: int, own_pid: int) -> list[int | None]:
+    """Listeners on `port` that are neither `own_pid` nor one of its descendants:
+    proof that only our process answers on a port we handed out."""
+    import psutil
+
+    try:
+        ours = {own_pid, *(c.pid for c in psutil.Process(own_pid).children(recursive=True))}
+    except psutil.Error:
+        ours = {own_pid}
+    return [pid for pid in port_listeners(port) if pid not in ours]
+
+
+def describe_pid(pid: int | None) -> str:
+    if pid is None:
+        return "a process of another user"
+    try:
+        import psutil
+
+        return f"pid {pid} ({' '.join(psutil.Process(pid).cmdline())[:120]})"
+    except Exception:  # gone meanwhile, or not ours to read
+        return f"pid {pid}"
+
+
 def log_tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

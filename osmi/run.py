@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -29,12 +30,12 @@ import numpy as np
 
 from osmi_ee.ee.config import GridError, load_experiment_config
 from osmi_ee.ee.paths import ExperimentPaths, write_atomic, write_json
-from osmi_ee.osmi import haproxy, metrics, protos
+from osmi_ee.osmi import haproxy, metrics, protos, server_metrics
 from osmi_ee.osmi.client import build_requests
-from osmi_ee.osmi.env import manifest
+from osmi_ee.osmi.env import MachineLoad, busy_machine_note, manifest, server_version
 from osmi_ee.osmi.export import exported_models
 from osmi_ee.osmi.model_config import render_model_config
-from osmi_ee.osmi.procs import Child, ProcessGroup, free_port
+from osmi_ee.osmi.procs import Child, ProcessGroup, describe_pid, foreign_listeners, free_port
 from osmi_ee.osmi.telemetry import Telemetry
 
 EXIT_VALID, EXIT_ERROR, EXIT_INVALID = 0, 1, 3
@@ -101,13 +102,19 @@ class ExperimentRun:
         self.group = ProcessGroup()
         self.problems: list[str] = []
         self.clients: list[dict[str, Any]] = []
-        self.backend_counts: dict[str, int] = {}
         self.server_kind = ""
         self.server_argv: list[str] = []
         self.given_server_command = list(server_argv or [])
         self.shards: list[dict[str, Any]] = []  # name, port, GPU: proof of one shard per GPU
         self.telemetry: Telemetry | None = None
         self.server_children: list[Child] = []
+        self.attempt = 0
+        self.attempt_id = ""
+        self.backend_counts: dict[str, int] | None = None  # None: the balancer could not be read
+        self.server_counts: dict[str, int | None] = {}
+        self.windows_measured = 0
+        self.load: dict[str, Any] | None = None
+        self.balancer: Child | None = None
 
     # ------------------------------------------------------------ stages
 
@@ -118,15 +125,19 @@ class ExperimentRun:
             raise SetupError(f"no exported model at {base}/<version>/saved_model.pb; "
                              f"run `make models` (osmi-export --models {model})")
         write_atomic(self.paths.model_config, render_model_config({model: base}))
+        write_atomic(self.paths.monitoring_config, server_metrics.monitoring_config_text())
 
     def start_servers(self) -> list[haproxy.Backend]:
         serve = self.grid.serve
         self.server_kind, prefix = server_command(serve.server, self.given_server_command)
         backends, children = [], []
         for k in range(self.params["servers"]):
-            port = free_port()
-            argv = [*prefix, f"--port={port}", "--rest_api_port=0",
-                    f"--model_config_file={self.paths.model_config}"]
+            port, rest_port = free_port(), free_port()
+            # The REST port serves the shard's own request counter (TF-Serving's
+            # Prometheus page), read before and after the window.
+            argv = [*prefix, f"--port={port}", f"--rest_api_port={rest_port}",
+                    f"--model_config_file={self.paths.model_config}",
+                    f"--monitoring_config_file={self.paths.monitoring_config}"]
             if serve.intra_op_threads:
                 argv.append(f"--tensorflow_intra_op_parallelism={serve.intra_op_threads}")
             env = dict(os.environ)
@@ -134,12 +145,34 @@ class ExperimentRun:
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu  # one shard per GPU
             children.append(self.group.start(f"server {k}", argv, self.paths.server_log(k), env))
-            self.shards.append({"name": f"s{k}", "port": port, "gpu": gpu, "pid": children[-1].process.pid})
+            self.shards.append({"name": f"s{k}", "port": port, "rest_port": rest_port, "gpu": gpu,
+                                "pid": children[-1].process.pid})
             backends.append(haproxy.Backend(f"s{k}", "127.0.0.1", port))
             self.server_argv = argv
-        self.wait_servers_ready(backends, children)
         self.server_children = children
+        self.wait_servers_ready(backends, children)
+        for shard, child in zip(self.shards, children):
+            self.check_ports(child, shard["port"], shard["rest_port"])
         return backends
+
+    def check_ports(self, child: Child, *ports: int) -> None:
+        """Only our own process may listen on the ports we handed it: another listener
+        (SO_REUSEPORT lets two share a port) would silently serve part of the load."""
+        for port in ports:
+            others = foreign_listeners(port, child.process.pid)
+            if others:
+                raise SetupError(f"port {port} of {child.name} is also bound by "
+                                 f"{', '.join(describe_pid(p) for p in others)}; another process listens on it")
+
+    def port_in_use(self, child: Child, *ports: int) -> str:
+        """Why a child died at start: a port someone else holds, else its log."""
+        for port in ports:
+            others = foreign_listeners(port, child.process.pid)
+            if others:
+                return (f"port {port} is in use by {', '.join(describe_pid(p) for p in others)}, "
+                        f"so {child.name} could not listen on it ({child.name} exited with code "
+                        f"{child.process.returncode}; log {child.log})")
+        return child.describe_exit()
 
     def wait_servers_ready(self, backends: list[haproxy.Backend], children: list[Child]) -> None:
         request = build_requests(self.params["model"], 1, seed=0, count=1)[0]
@@ -149,7 +182,8 @@ class ExperimentRun:
         while pending:
             for name, (backend, child) in list(pending.items()):
                 if not child.alive():
-                    raise SetupError(child.describe_exit())
+                    shard = self.shards[int(name[1:])]
+                    raise SetupError(self.port_in_use(child, shard["port"], shard["rest_port"]))
                 error = probe(f"{backend.host}:{backend.port}", request, timeout_s=30)
                 if error is None:
                     del pending[name]
@@ -174,11 +208,24 @@ class ExperimentRun:
                              "install Debian's haproxy (apt-get install haproxy)")
         child = self.group.start("haproxy", [*command, "-db", "-f", str(self.paths.haproxy_config)],
                                  self.paths.haproxy_log)
+        self.balancer = child
         try:
             haproxy.wait_all_up(stats_port, [b.name for b in backends], timeout_s=30, alive=child.alive)
         except RuntimeError:
-            raise SetupError(child.describe_exit()) from None
+            raise SetupError(self.port_in_use(child, port, stats_port)) from None
+        self.check_ports(child, port, stats_port)
         return port, stats_port
+
+    def client_limits(self) -> list[str]:
+        """The clients' own bound: enough for the longest measurement the window loop
+        may ask for; the loop ends them earlier through the stop file."""
+        m, scenario = self.grid.measure, self.params["scenario"]
+        if m.duration_s:
+            per_window = m.duration_s / m.stability_windows
+            return [f"--duration-s={min(per_window * m.stability_max_windows, m.stability_max_s)}"]
+        if scenario == "offline":  # all requests at once: one batch, no windows to add
+            return [f"--requests={m.requests}"]
+        return [f"--requests={math.ceil(m.requests * m.stability_max_windows / m.stability_windows)}"]
 
     def run_clients(self, port: int, stats_port: int) -> None:
         measure = self.grid.measure
@@ -189,14 +236,12 @@ class ExperimentRun:
         job = self.grid.job
         use_srun = job.clients_launcher == "srun" or (job.clients_launcher == "auto" and job.nodes > 1)
         host = socket.gethostname() if job.nodes > 1 else "127.0.0.1"
-        duration = self.measured_duration_s
         common = [sys.executable, "-m", "osmi_ee.osmi.client", f"--target={host}:{port}",
                   f"--model={self.params['model']}", f"--batch={self.params['batch']}",
                   f"--scenario={self.params['scenario']}", f"--streams={measure.streams}",
                   f"--warmup={measure.warmup_requests}", f"--warmup-s={measure.warmup_s}",
                   f"--timeout-s={measure.timeout_s}", f"--seed={measure.seed}", f"--barrier={barrier}",
-                  f"--duration-s={duration}" if duration else f"--requests={measure.requests}",
-                  f"--stop-file={barrier / 'stop'}"]
+                  *self.client_limits(), f"--stop-file={barrier / 'stop'}"]
         if self.params["rate"]:  # the target is for all clients together
             common.append(f"--rate={self.params['rate'] / m}")
         children = []
@@ -226,25 +271,25 @@ class ExperimentRun:
             if time.monotonic() > warm_deadline:
                 raise SetupError("clients did not finish warm-up in time")
             time.sleep(0.01)
+        # Both ends counted over the same window: the balancer per backend, each shard itself.
         before = haproxy.request_counts(stats_port)
+        served_before = self.read_server_counts()
         self.telemetry = Telemetry({s["name"]: s["pid"] for s in self.shards})
         self.telemetry.start()
+        machine = MachineLoad()
         go = time.time() + 0.05
         write_atomic(barrier / "go", repr(go))
         progress("running", 50)
-        if self.adaptive_windows:
-            self.watch_stability(go, stats_port, children)
+        self.measure_windows(go, stats_port, children)
 
-        if measure.duration_s:
-            limit = self.measured_duration_s + measure.timeout_s + 60
-        else:
-            limit = measure.requests * measure.timeout_s + 60
+        limit = measure.stability_max_s + measure.timeout_s + 60
         deadline = time.monotonic() + limit
         for child in children:
             try:
                 child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.problems.append(f"{child.name} still running after {limit:.0f} s; stopped")
+        self.load = machine.finish()
         # A shard that died mid-window invalidates the run even when HAProxy hid it
         # by retrying its requests elsewhere: the load was not on N servers.
         for shard, child in zip(self.shards, self.server_children):
@@ -253,9 +298,18 @@ class ExperimentRun:
                                      f"(code {child.process.returncode}); log {child.log}")
         self.group.stop(children, grace_s=5)
         self.telemetry.stop()
-        after = haproxy.request_counts(stats_port)
-        self.backend_counts = {name: after.get(name, 0) - before.get(name, 0) for name in after}
-        write_json(self.paths.backends, {"before": before, "after": after, "measured": self.backend_counts})
+        served_after = self.read_server_counts()
+        self.server_counts = {name: (served_after[name] - served_before[name])
+                              if served_after.get(name) is not None and served_before.get(name) is not None
+                              else None for name in served_before}
+        try:
+            after = haproxy.request_counts(stats_port)
+            self.backend_counts = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+        except OSError as exc:
+            after = None
+            self.problems.append(self.balancer_gone(exc))
+        write_json(self.paths.backends, {"before": before, "after": after, "measured": self.backend_counts,
+                                         "served_by_shard": self.server_counts})
         for k in range(m):
             child = children[0] if use_srun else children[k]
             entry: dict[str, Any] = {"client": k, "exit_code": child.process.returncode}
@@ -265,49 +319,73 @@ class ExperimentRun:
                 entry["sent"] = None
             self.clients.append(entry)
 
-    @property
-    def adaptive_windows(self) -> bool:
-        m = self.grid.measure
-        return bool(m.duration_s and m.stability_max_windows > m.stability_windows > 1)
+    def balancer_gone(self, exc: Exception) -> str:
+        if self.balancer is not None and not self.balancer.alive():
+            return (f"the balancer (haproxy) exited with code {self.balancer.process.returncode} during "
+                    f"the run; log {self.balancer.log}")
+        return f"the balancer (haproxy) stopped answering on its stats port: {exc}"
 
-    @property
-    def window_len_s(self) -> float:
-        m = self.grid.measure
-        return (m.duration_s or 0) / m.stability_windows
+    def read_server_counts(self) -> dict[str, int | None]:
+        """Each shard's own count of Predict calls for this model; None where it cannot say."""
+        counts: dict[str, int | None] = {}
+        for shard in self.shards:
+            try:
+                counts[shard["name"]] = server_metrics.read_request_counts(
+                    "127.0.0.1", shard["rest_port"], timeout_s=5).get(self.params["model"], 0)
+            except OSError:
+                counts[shard["name"]] = None
+        return counts
 
-    @property
-    def measured_duration_s(self) -> float | None:
-        """The clients' time limit: up to max windows when the runner may extend."""
-        m = self.grid.measure
-        if self.adaptive_windows:
-            return self.window_len_s * m.stability_max_windows
-        return m.duration_s
+    def measure_windows(self, go: float, stats_port: int, children: list[Child]) -> None:
+        """Measure window after window until the last k agree and there are enough
+        requests, or the cap (windows, seconds) is reached; then tell the clients to stop.
 
-    def stability_parts(self) -> int:
-        """Windows to cut the measured interval into: k, or as many as were measured."""
+        A window is duration_s / k long, or (count mode) holds requests x clients / k
+        requests. Live rates come from HAProxy's counters; the verdict in the summary
+        is recomputed from the clients' own records with the same stability rule.
+        """
         m = self.grid.measure
-        if not self.adaptive_windows:
-            return m.stability_windows
-        measured = self.last_window_s or 0.0
-        return max(m.stability_windows, round(measured / self.window_len_s))
+        k = m.stability_windows
+        count_mode = not m.duration_s
+        per_window = (m.requests or 1) * self.params["clients"] / k if count_mode else None
+        window_len = None if count_mode else m.duration_s / k
+        end = go + m.stability_max_s
 
-    def watch_stability(self, go: float, stats_port: int, children: list[Child]) -> None:
-        """Measure window after window until the last k agree (or max windows), then
-        tell the clients to stop. Live rates come from HAProxy's request counters;
-        the verdict in the summary is recomputed from the clients' own records."""
-        m = self.grid.measure
-        totals = [sum(haproxy.request_counts(stats_port).values())]
+        def total() -> int | None:
+            try:
+                return sum(haproxy.request_counts(stats_port).values())
+            except OSError:
+                return None
+
+        start_total = total()
+        if start_total is None:
+            return  # the balancer is gone; the summary says so
+        t_prev, n_prev = go, start_total
+        time.sleep(max(0.0, go - time.time()))
         rates: list[float] = []
-        for w in range(1, m.stability_max_windows + 1):
-            time.sleep(max(0.0, go + w * self.window_len_s - time.time()))
-            if not all(c.alive() for c in children):
+        while len(rates) < m.stability_max_windows and time.time() < end:
+            while True:  # wait for this window to close
+                if not all(c.alive() for c in children):
+                    break
+                if count_mode:
+                    time.sleep(0.05)
+                    now_total = total()
+                    if now_total is None or now_total - n_prev >= per_window or time.time() >= end:
+                        break
+                else:
+                    wake = min(t_prev + window_len, end)
+                    time.sleep(max(0.0, wake - time.time()))
+                    break
+            now, n_now = time.time(), total()
+            if n_now is None or not all(c.alive() for c in children) or now <= t_prev:
                 break
-            totals.append(sum(haproxy.request_counts(stats_port).values()))
-            rates.append((totals[-1] - totals[-2]) / self.window_len_s)
-            last = rates[-m.stability_windows:]
-            if len(rates) >= m.stability_windows and min(last) > 0 \
-                    and max(last) / min(last) - 1 <= m.stability_tolerance:
+            rates.append((n_now - n_prev) / (now - t_prev))
+            t_prev, n_prev = now, n_now
+            windows = [{"samples_per_s": r} for r in rates]
+            settled = len(rates) >= k and metrics.stability_problem(windows, m.stability_tolerance, k) is None
+            if settled and n_now - start_total >= m.min_requests and now - go >= m.min_duration_s:
                 break
+        self.windows_measured = len(rates)
         write_atomic(self.paths.barrier / "stop", repr(time.time()))
 
     # ------------------------------------------------------------ results
@@ -326,25 +404,32 @@ class ExperimentRun:
     def summary(self, started: str) -> dict[str, Any]:
         measure = self.grid.measure
         records = self.load_records()
-        measured = records["phase"] == metrics.MEASURED
-        self.last_window_s = metrics.window_s(records["start_ns"][measured], records["latency_ns"][measured])
+        # The records cut into as many equal windows as the live loop measured (at least k);
+        # the last k must agree.
+        parts = max(measure.stability_windows, self.windows_measured)
         figures = metrics.summarize(
             records, batch=self.params["batch"], clients=self.clients,
-            backend_counts=self.backend_counts, min_backend_share=measure.min_backend_share,
-            problems=self.problems, stability_windows=self.stability_parts(),
-            stability_tolerance=measure.stability_tolerance, min_duration_s=measure.min_duration_s,
+            backend_counts=self.backend_counts, server_counts=self.server_counts,
+            min_backend_share=measure.min_backend_share, problems=self.problems,
+            stability_windows=parts, stability_tolerance=measure.stability_tolerance,
+            min_duration_s=measure.min_duration_s, min_requests=measure.min_requests,
             target_rate=self.params["rate"], mode="duration" if measure.duration_s else "count",
             stability_last=measure.stability_windows)
+        figures["machine_load"] = self.load
+        if figures["measurement"]["stable"] is False:
+            figures["measurement"]["note"] = busy_machine_note(self.load)
         if self.telemetry is not None:
             figures["telemetry"] = self.telemetry.summary(figures["samples_ok"])
             self.telemetry.write_parquet(self.paths.telemetry)
         return {
             "schema": SCHEMA,
             "experiment_id": self.raw.get("sweep", {}).get("experiment_id", self.paths.root.name),
+            "attempt": {"number": self.attempt, "id": self.attempt_id},
             "params": self.params,
             **figures,
             "clients": self.clients,
             "server_kind": self.server_kind,
+            "server_version": server_version(self.server_kind, self.server_argv),
             "started_at": started,
             "finished_at": now_iso(),
         }
@@ -353,9 +438,16 @@ class ExperimentRun:
 
     def execute(self) -> int:
         started = now_iso()
+        # A fresh attempt: whatever an earlier one left moves to attempts/<n>/, so the
+        # verdict, status and analysis read only this attempt's files. The executor's
+        # log of this job (already open) stays.
+        own_logs = {self.paths.job_log.name}
+        if os.environ.get("SLURM_JOB_ID"):
+            own_logs.add(f"slurm-{os.environ['SLURM_JOB_ID']}.out")
+        self.attempt = self.paths.start_attempt(keep_logs=own_logs)
+        self.attempt_id = f"{self.attempt}-{started}"
+        self.paths.results.mkdir(parents=True, exist_ok=True)
         write_atomic(self.paths.status, "running\n")
-        for stale in (self.paths.summary, self.paths.status.with_name("status.reason")):
-            stale.unlink(missing_ok=True)
         progress("running", 5)
         try:
             self.write_model_config()
@@ -376,6 +468,8 @@ class ExperimentRun:
             self.group.stop()
         write_json(self.paths.env, {**manifest(self.grid.profile.haproxy, self.server_argv),
                                     "shards": self.shards, "config": self.raw,
+                                    "attempt": {"number": self.attempt, "id": self.attempt_id},
+                                    "machine_load": self.load,
                                     "started_at": started, "finished_at": now_iso()})
         summary = self.summary(started)
         write_json(self.paths.summary, summary)

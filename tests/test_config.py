@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from osmi_ee.ee.config import GridError, load_experiment_config, load_grid
 from osmi_ee.ee.expand import expand
@@ -108,3 +109,157 @@ def test_generated_config_reads_back_with_same_schema(write_grid, tmp_path):
     assert params == exp.params
     assert raw["ee"]["identifier"] == exp.id
     assert grid.measure == exp.grid.measure
+
+
+# --- strict input: patterns in full, names not paths, no duplicate keys, bounded numbers ---------
+
+INLINE = {"name": "inl", "gpus": {"g1": {"gres": "gpu:{n}", "cpus_per_task": 2, "mem": "4G"}},
+          "scheduler": {"extra_sbatch": ["--exclusive"]}}
+
+
+def _problems(path, **kwargs) -> list[str]:
+    with pytest.raises(GridError) as info:
+        load_grid(path, **kwargs)
+    assert all(line.startswith(f"{path}: ") for line in str(info.value).splitlines())  # names the file
+    return info.value.problems
+
+
+@pytest.mark.parametrize("section, key, bad", [
+    ({"name": "g\n"}, "name", "g\n"),
+    ({"name": "g", "job": {"time": "00:10:00\n"}}, "job.time", "00:10:00\n"),
+    ({"name": "g", "job": {"time": "00:99:00"}}, "job.time", "00:99:00"),
+])
+def test_trailing_newline_in_name_or_time_is_rejected(write_grid, section, key, bad):
+    problems = _problems(write_grid({"experiment": {"model": "small_lstm"}, **section}))
+    assert any(p.startswith(f"{key}: ") and p.endswith(f"(got {bad!r})") for p in problems), problems
+
+
+@pytest.mark.parametrize("ref", ["../../../tmp/x", "/etc/passwd", "slurm/profiles/localhost",
+                                 "localhost.yaml", "..", "local\nhost", 7, ["localhost"]])
+def test_profile_is_a_name_never_a_path(write_grid, tmp_path, ref):
+    # A readable, valid profile file outside the profiles folder must not be loaded.
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(INLINE))
+    problems = _problems(write_grid({"name": "g", "profile": ref, "experiment": {"model": "small_lstm"}}))
+    assert any(p.startswith("profile: ") and "no path" in p and repr(ref) in p for p in problems), problems
+
+
+def test_profile_file_is_given_explicitly(write_grid, tmp_path):
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({**INLINE, "name": "mine"}))
+    grid = load_grid(write_grid({"name": "g", "experiment": {"model": "small_lstm", "gpu": "g1"}}),
+                     profile_file=tmp_path / "mine.yaml")
+    assert grid.profile.name == "mine" and list(grid.profile.gpus) == ["g1"]
+    # Same rules for a file as inline; problems name the profile file and key.
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"gpus": {"g1": {"cpus_per_task": "2\nreboot"}}}))
+    problems = _problems(write_grid({"name": "g", "experiment": {"model": "small_lstm"}}),
+                         profile_file=tmp_path / "bad.yaml")
+    assert problems == [f"profile: {tmp_path / 'bad.yaml'}: gpus.g1.cpus_per_task: an integer from 1 to 1024 "
+                        f"(got '2\\nreboot')"]
+
+
+@pytest.mark.parametrize("where", ["inline", "file"])
+def test_newline_in_cpus_per_task_is_rejected(write_grid, tmp_path, where):
+    profile = {"gpus": {"g1": {"cpus_per_task": "2\ntouch /tmp/pwned", "mem": "4G"}}}
+    if where == "file":
+        (tmp_path / "p.yaml").write_text(yaml.safe_dump(profile))
+    grid = {"name": "g", "profile": "p" if where == "file" else profile,
+            "experiment": {"model": "small_lstm", "gpu": "g1"}}
+    problems = _problems(write_grid(grid), profiles_dir=tmp_path)
+    key = "profile.gpus.g1.cpus_per_task" if where == "inline" else f"profile: {tmp_path / 'p.yaml'}: gpus.g1.cpus_per_task"
+    assert any(p.startswith(key) and "touch /tmp/pwned" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("key, value", [
+    ("gres", "gpu:1 --wrap=x"), ("mem", "4G\n"), ("mem", 4096), ("partition", "a;b"),
+    ("constraint", "$(x)"), ("reservation", "`x`"), ("price_per_gpu_hour", float("nan")),
+    ("price_per_gpu_hour", "1"), ("gpus_per_node", 0), ("cpus_per_task", True), ("cpus_per_task", 10**6),
+])
+def test_every_gpu_type_field_is_typed(write_grid, key, value):
+    profile = {"gpus": {"g1": {key: value}}}
+    problems = _problems(write_grid({"name": "g", "profile": profile, "experiment": {"model": "small_lstm"}}))
+    assert any(p.startswith(f"profile.gpus.g1.{key}: ") and repr(value) in p for p in problems), problems
+
+
+@pytest.mark.parametrize("extra", ["--exclusive --wrap=reboot", "--exclusive\nreboot", "exclusive",
+                                   "--time=99:00:00", "--gres=gpu:8", 5])
+def test_bad_extra_sbatch_is_a_grid_error(write_grid, extra):
+    profile = {**INLINE, "scheduler": {"extra_sbatch": [extra]}}
+    problems = _problems(write_grid({"name": "g", "profile": profile, "experiment": {"model": "small_lstm"}}))
+    assert any(p.startswith("profile.scheduler.extra_sbatch[0]: ") and repr(extra) in p for p in problems)
+
+
+def test_duplicate_keys_are_rejected_naming_key_and_line(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: g\nmeasure:\n  requests: 5\nexperiment:\n  model: small_lstm\n"
+                    "measure:\n  duration_s: 3\n")
+    assert _problems(grid) == ["measure: duplicate key on line 6 (first on line 2); each key may appear once"]
+    # Nested keys too, named by their path; and in profile files.
+    (tmp_path / "p.yaml").write_text("gpus:\n  g1:\n    mem: 4G\n    mem: 8G\n")
+    grid.write_text("name: g\nprofile: p\nexperiment: {model: small_lstm, gpu: g1}\n")
+    (problem,) = _problems(grid, profiles_dir=tmp_path)
+    assert problem.startswith(f"profile: {tmp_path / 'p.yaml'}: gpus.g1.mem: duplicate key on line 4")
+
+
+def test_duplicate_key_in_generated_config_is_rejected(write_grid, tmp_path):
+    from osmi_ee.ee.generate import generate
+
+    (exp,) = generate(load_grid(write_grid({"name": "g", "experiment": {"model": "small_lstm"}})), tmp_path / "s")
+    config = tmp_path / "s" / exp.id / "config.yaml"
+    config.write_text(config.read_text() + "measure: {}\n")
+    with pytest.raises(GridError, match=r"measure: duplicate key on line \d+ \(first on line \d+\)"):
+        load_experiment_config(config)
+
+
+def test_yaml_merge_keys_may_override(write_grid, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: g\nexperiment: {model: small_lstm}\nx: &m {requests: 5, timeout_s: 9}\n"
+                    "measure:\n  <<: *m\n  requests: 7\n")
+    problems = _problems(grid)
+    assert problems == ["x: unknown key; known keys: name, description, profile, experiment, measure, serve, "
+                        "job (got {'requests': 5, 'timeout_s': 9})"]
+
+
+@pytest.mark.parametrize("section, key, bad", [
+    ({"measure": {"duration_s": float("inf")}}, "measure.duration_s", "inf"),
+    ({"measure": {"duration_s": float("nan")}}, "measure.duration_s", "nan"),
+    ({"measure": {"duration_s": 86401}}, "measure.duration_s", "86401"),
+    ({"measure": {"timeout_s": 1e300}}, "measure.timeout_s", "1e+300"),
+    ({"measure": {"warmup_s": float("inf")}}, "measure.warmup_s", "inf"),
+    ({"measure": {"requests": 10**12}}, "measure.requests", str(10**12)),
+    ({"measure": {"seed": -1}}, "measure.seed", "-1"),
+    ({"measure": {"stability_tolerance": float("nan")}}, "measure.stability_tolerance", "nan"),
+    ({"serve": {"startup_timeout_s": float("inf")}}, "serve.startup_timeout_s", "inf"),
+    ({"job": {"nodes": 10**6}}, "job.nodes", str(10**6)),
+    ({"experiment": {"model": "small_lstm", "servers": [1000]}}, "experiment.servers", "1000"),
+    ({"experiment": {"model": "small_lstm", "clients": [100000]}}, "experiment.clients", "100000"),
+    ({"experiment": {"model": "small_lstm", "batch": [1e8]}}, "experiment.batch", "100000000.0"),
+    ({"experiment": {"model": "small_lstm", "batch": [10**8]}}, "experiment.batch", "100000000"),
+    ({"experiment": {"model": "small_lstm", "scenario": "poisson", "rate": [float("inf")]}},
+     "experiment.rate", "inf"),
+])
+def test_non_finite_and_huge_numbers_are_rejected(write_grid, section, key, bad):
+    grid = {"name": "g", "experiment": {"model": "small_lstm"}, **section}
+    problems = _problems(write_grid(grid))
+    assert any(p.startswith(f"{key}: ") and p.endswith(f"(got {bad})") for p in problems), problems
+
+
+def test_yaml_inf_literal_is_rejected(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: g\nexperiment: {model: small_lstm}\nmeasure: {duration_s: .inf}\n")
+    assert _problems(grid) == ["measure.duration_s: a number > 0, at most 86400, or null (got inf)"]
+
+
+def test_servers_capped_by_gpus_per_node(write_grid):
+    profile = {"gpus": {"g1": {"gres": "gpu:{n}", "gpus_per_node": 4}}}
+    base = {"name": "g", "profile": profile}
+    assert load_grid(write_grid({**base, "experiment": {"model": "small_lstm", "servers": [1, 4]}}))
+    problems = _problems(write_grid({**base, "experiment": {"model": "small_lstm", "servers": [2, 8]}}))
+    assert problems == ["experiment.servers: more shards than GPU type 'g1' has on one node "
+                        "(gpus_per_node: 4) (got [8])"]
+
+
+def test_bad_profile_does_not_add_spurious_gpu_problems(write_grid):
+    profile = {"gpus": {"a100": {"mem": "lots"}}}
+    problems = _problems(write_grid({"name": "g", "profile": profile,
+                                     "experiment": {"model": "small_lstm", "gpu": ["a100"]}}))
+    assert problems == ["profile.gpus.a100.mem: a quoted Slurm memory size: digits and an optional K, M, G "
+                        "or T, e.g. \"64G\" (got 'lots')"]

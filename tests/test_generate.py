@@ -115,3 +115,53 @@ def test_submit_without_slurm_is_a_clear_error(write_grid, tmp_path, monkeypatch
     rc = cli.main(["submit", "--grid", str(grid), "--out", str(tmp_path / "s")])
     assert rc == 2
     assert "sbatch not found" in capsys.readouterr().err
+
+
+# --- hostile input: a GridError before anything is written; the renderer's own backstops ----------
+
+def test_bad_extra_sbatch_is_reported_not_a_traceback(write_grid, tmp_path, capsys):
+    profile = {"gpus": {"cpu": {}}, "scheduler": {"extra_sbatch": ["--exclusive\ntouch /tmp/pwned"]}}
+    bad = write_grid({"name": "g", "profile": profile, "experiment": {"model": ["small_lstm"]}})
+    rc = cli.main(["generate", "--grid", str(bad), "--out", str(tmp_path / "out")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "profile.scheduler.extra_sbatch[0]" in err and "touch /tmp/pwned" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_duplicate_key_writes_nothing(tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: g\nexperiment: {model: [small_lstm]}\nmeasure: {requests: 5}\nmeasure: {requests: 6}\n")
+    assert cli.main(["generate", "--grid", str(grid), "--out", str(tmp_path / "out")]) == 2
+    assert "measure: duplicate key on line 4 (first on line 3)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_sbatch_lines_refuse_unchecked_values(write_grid):
+    # A Profile built in code skips validation; the renderer still never writes a bad line.
+    from dataclasses import replace
+
+    from osmi_ee.ee.expand import expand
+    from osmi_ee.ee.profiles import GpuType
+    from osmi_ee.ee.render import sbatch_lines
+
+    grid = load_grid(write_grid(GRID))
+    for bad in ({"mem": "4G\ntouch /tmp/pwned"}, {"cpus_per_task": "2 --wrap=x"}, {"gres": "gpu:{n}\nx"}):
+        profile = replace(grid.profile, gpus={"fake": GpuType(**bad)})
+        (experiment, *_) = expand(replace(grid, profile=profile))
+        with pytest.raises(TemplateError, match="unsafe #SBATCH line"):
+            sbatch_lines(experiment)
+
+
+def test_render_refuses_a_value_holding_a_placeholder():
+    # cloudmesh-ee would expand {job.python} inside the quoted dir, closing its quotes.
+    with pytest.raises(TemplateError, match="job.dir"):
+        render("d={job.dir}\np={job.python}\n", {"job": {"dir": "'/x{job.python}'", "python": "'$(reboot)'"}})
+
+
+def test_job_scripts_of_shipped_profiles_have_only_directives_up_top(write_grid, tmp_path):
+    experiments = generate(load_grid(write_grid(GRID)), tmp_path / "s")
+    for e in experiments:
+        head = (tmp_path / "s" / e.id / "job.slurm").read_text().split("set -uo pipefail\n")[0]
+        assert all(line.startswith("#SBATCH --") for line in head.splitlines()[4:])

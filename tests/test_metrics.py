@@ -39,7 +39,10 @@ def test_throughput_is_successful_samples_over_window_all_clients():
     assert s["throughput"]["samples_per_s"] == pytest.approx(4 * 100 * 16 / 1.0)
     assert s["throughput"]["requests_per_s"] == pytest.approx(400.0)
     assert s["latency_ms"]["p50"] == pytest.approx(10.0)
+    assert s["latency_ms"]["p99"] is None  # 400 requests: too few behind a p99
     assert s["requests"] == {"sent": 400, "ok": 400, "failed": 0}
+    low, high = s["throughput"]["samples_per_s_ci95"]
+    assert low <= s["throughput"]["samples_per_s"] <= high
     assert s["backends"]["s0"]["share"] == pytest.approx(0.5)
 
 
@@ -47,7 +50,7 @@ def test_any_failed_request_makes_the_run_invalid_and_speedless():
     s = summarize(records(100, 2, fail=1), batch=1, clients=client_summaries(100, 2, fail=1),
                   backend_counts={"s0": 200}, min_backend_share=0.5)
     assert not s["valid"]
-    assert s["throughput"] == {"samples_per_s": None, "requests_per_s": None}
+    assert s["throughput"] == {"samples_per_s": None, "samples_per_s_ci95": None, "requests_per_s": None}
     assert s["requests"] == {"sent": 200, "ok": 199, "failed": 1}
     assert any("UNAVAILABLE" in r for r in s["reasons"])
 
@@ -112,3 +115,82 @@ def test_min_duration_rule():
     s = summarize(records(10, 1), batch=1, clients=client_summaries(10, 1), backend_counts={},
                   min_backend_share=0.5, min_duration_s=5.0)
     assert not s["valid"] and any("shorter than the minimum" in r for r in s["reasons"])
+
+
+def test_quantiles_need_ten_requests_beyond_them():
+    from osmi_ee.osmi.metrics import latency_stats_ms, min_samples
+
+    assert (min_samples(50), min_samples(90), min_samples(99)) == (20, 100, 1000)
+    few = latency_stats_ms(np.full(999, 5e6))
+    assert few["p99"] is None and "not enough samples" in few["missing"]["p99"]
+    assert few["p90"] == pytest.approx(5.0) and few["p50"] == pytest.approx(5.0)
+    enough = latency_stats_ms(np.full(1000, 5e6))
+    assert enough["p99"] == pytest.approx(5.0) and "p99" not in enough["missing"]
+    tiny = latency_stats_ms(np.full(19, 5e6))
+    assert tiny["p50"] is None and tiny["mean"] is None
+
+
+def test_a_p99_from_fewer_than_1000_requests_is_null_in_the_summary():
+    s = summarize(records(450, 2), batch=1, clients=client_summaries(450, 2),
+                  backend_counts={"s0": 900}, min_backend_share=0.5)
+    assert s["valid"] and s["latency_ms"]["n"] == 900
+    assert s["latency_ms"]["p99"] is None and s["latency_ms"]["p90"] is not None
+
+
+def test_too_few_measured_requests_make_the_run_invalid():
+    s = summarize(records(40, 2), batch=1, clients=client_summaries(40, 2), backend_counts={"s0": 80},
+                  min_backend_share=0.5, min_requests=100)
+    assert not s["valid"] and s["throughput"]["samples_per_s"] is None
+    assert any("80 measured request(s), the minimum is 100" in r for r in s["reasons"])
+
+
+def test_balancer_count_must_equal_clients_count():
+    # The clients sent 400 but only 300 went through this run's balancer: a foreign
+    # listener on the same port took the rest.
+    s = summarize(records(100, 4), batch=1, clients=client_summaries(100, 4),
+                  backend_counts={"s0": 150, "s1": 150}, min_backend_share=0.5)
+    assert not s["valid"] and s["throughput"]["samples_per_s"] is None
+    assert any("forwarded 300" in r and "sent 400" in r for r in s["reasons"])
+    unread = summarize(records(100, 1), batch=1, clients=client_summaries(100, 1), backend_counts=None,
+                       min_backend_share=0.5)
+    assert not unread["valid"] and any("could not be read" in r for r in unread["reasons"])
+
+
+def test_each_shard_must_have_served_what_the_balancer_sent_it():
+    s = summarize(records(100, 2), batch=1, clients=client_summaries(100, 2),
+                  backend_counts={"s0": 100, "s1": 100}, server_counts={"s0": 100, "s1": 97},
+                  min_backend_share=0.5)
+    assert not s["valid"] and any("shard s1 served 97" in r for r in s["reasons"])
+    unknown = summarize(records(100, 2), batch=1, clients=client_summaries(100, 2),
+                        backend_counts={"s0": 100, "s1": 100}, server_counts={"s0": 100, "s1": None},
+                        min_backend_share=0.5)
+    assert unknown["valid"]  # a shard that cannot count is not held against the run
+
+
+def test_an_unstable_run_carries_no_speed():
+    lat = np.array([10e6] * 300 + [30e6] * 100, np.int64)
+    start = np.concatenate([[0], np.cumsum(lat)[:-1]]).astype(np.int64)
+    s = summarize({"client": np.zeros(400, np.int64), "phase": np.ones(400, np.int64), "start_ns": start,
+                   "latency_ns": lat, "code": np.zeros(400, np.int64)}, batch=1,
+                  clients=[{"client": 0, "exit_code": 0, "sent": 400, "ok": 400, "failed": 0, "errors": {}}],
+                  backend_counts={"s0": 400}, min_backend_share=0.5, stability_windows=3)
+    assert not s["valid"]
+    assert s["throughput"] == {"samples_per_s": None, "samples_per_s_ci95": None, "requests_per_s": None}
+    assert s["measurement"]["stable"] is False and s["measurement"]["spread"] > 0.1
+    assert any(r.startswith("unstable") for r in s["reasons"])
+
+
+def test_throughput_interval_reflects_the_spread_of_sub_windows():
+    from osmi_ee.osmi.metrics import throughput_interval
+
+    rng = np.random.default_rng(0)
+    steady = np.full(2000, 1e6, np.int64)
+    noisy = (rng.uniform(0.2, 1.8, 2000) * 1e6).astype(np.int64)
+    widths = []
+    for lat in (steady, noisy):
+        start = np.concatenate([[0], np.cumsum(lat)[:-1]]).astype(np.int64)
+        low, high = throughput_interval(start, start + lat, np.ones(lat.size, bool), batch=4)
+        mean = 4 * lat.size / ((start[-1] + lat[-1]) / 1e9)
+        assert low <= mean <= high
+        widths.append(high - low)
+    assert widths[0] < widths[1]

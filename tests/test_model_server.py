@@ -23,11 +23,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from osmi_ee.osmi.model_config import render_model_config  # noqa: E402
 
+from osmi_ee.osmi.server_metrics import (  # noqa: E402
+    MONITORING_PATH, REQUEST_COUNT_METRIC, monitoring_config_text, parse_request_counts_by_status,
+    read_request_counts)
+
 SERVER = Path(sys.executable).with_name("osmi-model-server")
 HOST = "127.0.0.1"
 MODEL = "tiny"
 IN_SHAPE, OUT_SHAPE = (8, 48), (2, 12)
 START_TIMEOUT = 180.0  # TF import + load on a busy 2-core box
+MAX_BATCH = 16  # the shared server's --max_batch
+MAX_MESSAGE = 1 << 20  # the shared server's --max_message_bytes
 
 
 @dataclass
@@ -66,18 +72,20 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 
 
 class Server:
-    def __init__(self, tmp: Path, base_path: Path, *extra: str) -> None:
+    def __init__(self, tmp: Path, base_path: Path, *extra: str, bind_host: str | None = HOST) -> None:
         config = tmp / "models.config"
         config.write_text(render_model_config({MODEL: base_path}))
         self.port_file = tmp / "port"
         self.stderr_path = tmp / "stderr.log"
         self.started = time.monotonic()
+        bind = ["--grpc_bind_host", bind_host] if bind_host is not None else []  # None: the default
         self.proc = subprocess.Popen(
-            [str(SERVER), "--port=0", f"--port_file={self.port_file}", "--grpc_bind_host", HOST,
+            [str(SERVER), "--port=0", f"--port_file={self.port_file}", *bind,
              f"--model_config_file={config}", "--tensorflow_intra_op_parallelism=1",
              "--tensorflow_inter_op_parallelism=1", "--grpc_max_threads=4", *extra],
             stderr=self.stderr_path.open("w"), stdout=subprocess.DEVNULL)
         self.port = 0
+        self.rest_port = 0  # set by whoever passed --rest_api_port
         self.channel: grpc.Channel | None = None
 
     @property
@@ -116,7 +124,15 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("server"), tiny_model.base_path, "--rest_api_port=0")
+    """The shared server: default bind host, small limits, REST with the Prometheus page."""
+    tmp = tmp_path_factory.mktemp("server")
+    monitoring = tmp / "monitoring.config"
+    monitoring.write_text(monitoring_config_text())
+    rest_port = _free_port()
+    srv = Server(tmp, tiny_model.base_path, f"--rest_api_port={rest_port}",
+                 f"--monitoring_config_file={monitoring}", f"--max_batch={MAX_BATCH}",
+                 f"--max_message_bytes={MAX_MESSAGE}", bind_host=None)
+    srv.rest_port = rest_port
     try:
         startup = srv.wait_serving()
         print(f"\nosmi-model-server start-up to SERVING: {startup:.2f} s")
@@ -275,6 +291,171 @@ def test_health_per_model(server: Server) -> None:
     assert f"loaded model {MODEL} version 10" in server.stderr
 
 
+def _counts(server: Server) -> dict[tuple[str, str], int]:
+    with urllib.request.urlopen(f"http://{HOST}:{server.rest_port}{MONITORING_PATH}", timeout=30) as reply:
+        return parse_request_counts_by_status(reply.read().decode())
+
+
+def _delta(before: dict[tuple[str, str], int], after: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    return {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
+
+
+def test_binds_loopback_by_default(server: Server) -> None:
+    import psutil
+
+    from osmi_ee.osmi.model_server import parse_args
+
+    assert parse_args(["--model_name=m", "--model_base_path=/x"]).grpc_bind_host == "127.0.0.1"
+    # The shared server was started without --grpc_bind_host: everything it listens on is loopback.
+    listening = {(c.laddr.ip.removeprefix("::ffff:"), c.laddr.port)  # gRPC's socket is dual-stack, IPv4-mapped
+                 for c in psutil.Process(server.proc.pid).net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    assert listening == {(HOST, server.port), (HOST, server.rest_port)}
+    assert f"serving on {HOST}:{server.port}, REST on {HOST}:{server.rest_port}" in server.stderr
+
+
+def test_oversized_message_is_resource_exhausted(server: Server, stubs) -> None:
+    before = _counts(server)
+    request = _request(_inputs(1))
+    request.output_filter.append("x" * (MAX_MESSAGE + 1))  # a valid batch of 1 in an oversized message
+    with pytest.raises(grpc.RpcError) as err:
+        stubs[0].Predict(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in err.value.details() and str(MAX_MESSAGE) in err.value.details()
+    assert _counts(server) == before  # refused by gRPC itself: never reached the servicer (TF-Serving too)
+
+
+def test_amplifying_request_is_refused_quickly(stubs) -> None:
+    # ~67 bytes declaring 38.4 M floats: TF's make_ndarray would broadcast the one value (61 s of CPU).
+    request = _request()
+    tensor = request.inputs["inputs"]
+    tensor.dtype = 1
+    for size in (100_000, *IN_SHAPE):
+        tensor.tensor_shape.dim.add().size = size
+    tensor.float_val.append(0.5)
+    assert request.ByteSize() < 100
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        stubs[0].Predict(request, timeout=30)
+    elapsed = time.monotonic() - started
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "float_val holds 1 values" in err.value.details() and f"{100_000 * 8 * 48} elements" in err.value.details()
+    assert elapsed < 2.0, f"took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("shape, content, words", [
+    ((3, *IN_SHAPE), _inputs(2).tobytes(), ["tensor_content holds 3072 bytes", "1152 elements"]),
+    ((2**62, *IN_SHAPE), _inputs(1).tobytes(), ["tensor_content holds 1536 bytes", str(2**62 * 384)]),
+    ((-1, *IN_SHAPE), b"", ["negative dimension", "[-1, 8, 48]"]),
+    ((2, *IN_SHAPE), _inputs(2).tobytes()[:-2], ["not a multiple of 4"]),
+], ids=["short-content", "absurd-dim", "negative-dim", "ragged-bytes"])
+def test_declared_shape_must_match_payload(stubs, shape: tuple[int, ...], content: bytes, words: list[str]) -> None:
+    request = _request()
+    tensor = request.inputs["inputs"]
+    tensor.dtype = 1
+    for size in shape:
+        tensor.tensor_shape.dim.add().size = size
+    tensor.tensor_content = content
+    with pytest.raises(grpc.RpcError) as err:
+        stubs[0].Predict(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for word in words:
+        assert word in err.value.details()
+
+
+def test_batch_above_max_batch_is_resource_exhausted(stubs, tiny_model: TinyModel) -> None:
+    x = _inputs(MAX_BATCH)
+    np.testing.assert_allclose(_outputs(stubs[0].Predict(_request(x), timeout=30)), tiny_model.expected(x),
+                               rtol=1e-4, atol=1e-4)  # the limit itself is allowed
+    with pytest.raises(grpc.RpcError) as err:
+        stubs[0].Predict(_request(_inputs(MAX_BATCH + 1)), timeout=30)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"batch {MAX_BATCH + 1}" in err.value.details()
+    assert f"--max_batch={MAX_BATCH}" in err.value.details()
+
+
+def test_garbage_bytes_are_invalid_argument(server: Server) -> None:
+    for method in ("/tensorflow.serving.PredictionService/Predict",
+                   "/tensorflow.serving.PredictionService/GetModelMetadata",
+                   "/tensorflow.serving.ModelService/GetModelStatus"):
+        raw = server.channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as err:
+            raw(b"\xff\x00garbage", timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        assert "cannot parse the request message" in err.value.details()
+
+
+def test_metrics_count_every_predict_call(server: Server, stubs) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = _counts(server)
+    for _ in range(5):
+        stubs[0].Predict(_request(_inputs(1)), timeout=30)
+    with pytest.raises(grpc.RpcError):
+        stubs[0].Predict(_request(_inputs(1).astype(np.float64)), timeout=30)
+    with pytest.raises(grpc.RpcError):
+        stubs[0].Predict(_request(_inputs(1), name="nope"), timeout=30)
+    raw = server.channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+    with pytest.raises(grpc.RpcError):
+        raw(b"\xff\x00garbage", timeout=30)
+    # Not Predict calls over gRPC: TF-Serving does not count these either.
+    post = urllib.request.Request(f"http://{HOST}:{server.rest_port}/v1/models/{MODEL}:predict",
+                                  data=json.dumps({"instances": _inputs(1).tolist()}).encode(), method="POST")
+    urllib.request.urlopen(post, timeout=30).close()
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    stubs[1].GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec={"name": MODEL}), timeout=30)
+    assert _delta(before, _counts(server)) == {
+        (MODEL, "OK"): 5, (MODEL, "INVALID_ARGUMENT"): 1, ("nope", "NOT_FOUND"): 1, ("", "INVALID_ARGUMENT"): 1}
+
+    # Thread safety: concurrent calls on all worker threads, none lost.
+    before = _counts(server)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: stubs[0].Predict(_request(_inputs(1)), timeout=60), range(40)))
+    assert _delta(before, _counts(server)) == {(MODEL, "OK"): 40}
+    assert read_request_counts(HOST, server.rest_port)[MODEL] == sum(
+        count for (model, _), count in _counts(server).items() if model == MODEL)
+
+
+def test_metrics_page_format(server: Server) -> None:
+    with urllib.request.urlopen(f"http://{HOST}:{server.rest_port}{MONITORING_PATH}", timeout=30) as reply:
+        assert reply.headers["Content-Type"].startswith("text/plain")
+        lines = reply.read().decode().splitlines()
+    assert lines[0] == f"# TYPE {REQUEST_COUNT_METRIC} counter"
+    assert any(line.startswith(f'{REQUEST_COUNT_METRIC}{{model_name="{MODEL}",status="OK"}} ') for line in lines)
+
+
+def test_rest_limits(server: Server) -> None:
+    import http.client
+
+    url = f"http://{HOST}:{server.rest_port}/v1/models/{MODEL}:predict"
+    body = json.dumps({"instances": _inputs(MAX_BATCH + 1).tolist()}).encode()
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=30)
+    assert err.value.code == 429 and f"--max_batch={MAX_BATCH}" in json.load(err.value)["error"]
+    # A body announced over --max_message_bytes is refused from its headers, before it is read.
+    conn = http.client.HTTPConnection(HOST, server.rest_port, timeout=30)
+    try:
+        conn.putrequest("POST", f"/v1/models/{MODEL}:predict")
+        conn.putheader("Content-Length", str(MAX_MESSAGE + 1))
+        conn.endheaders()
+        reply = conn.getresponse()
+        assert reply.status == 429
+        assert f"--max_message_bytes={MAX_MESSAGE}" in json.loads(reply.read())["error"]
+    finally:
+        conn.close()
+
+
+def test_memory_error_in_predict_is_resource_exhausted(caplog: pytest.LogCaptureFixture) -> None:
+    from osmi_ee.osmi.model_server import _call
+
+    def body() -> None:
+        raise MemoryError
+
+    response, error = _call("Predict", body, object())
+    assert response is None and error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "out of memory" in error.message and "Predict: out of memory" in caplog.text
+
+
 def _free_port() -> int:
     import socket
 
@@ -301,6 +482,9 @@ def test_rest_and_sigterm(tiny_model: TinyModel, tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(bad, timeout=30)
         assert err.value.code == 400 and "inputs" in json.load(err.value)["error"]
+        with pytest.raises(urllib.error.HTTPError) as err:  # no --monitoring_config_file: no metrics page
+            urllib.request.urlopen(f"http://{HOST}:{rest_port}{MONITORING_PATH}", timeout=30)
+        assert err.value.code == 404
 
         started = time.monotonic()
         assert srv.terminate(timeout=15) == 0
@@ -354,3 +538,35 @@ def test_port_in_use_exits_1(tmp_path: Path) -> None:
         result = _run(f"--port={port}", f"--grpc_bind_host={HOST}", "--model_name=m",
                       f"--model_base_path={tmp_path / 'm'}")
     assert result.returncode == 1 and f"{HOST}:{port}" in result.stderr
+
+
+def test_bad_monitoring_config_exits_1(tmp_path: Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)  # never loaded: the config fails first
+    model = ["--port=0", "--model_name=m", f"--model_base_path={tmp_path / 'm'}"]
+    missing = tmp_path / "no-such-monitoring.config"
+    result = _run(*model, f"--monitoring_config_file={missing}")
+    assert result.returncode == 1 and str(missing) in result.stderr
+    malformed = tmp_path / "monitoring.config"
+    malformed.write_text("prometheus_config { enable: yes please }\n")
+    result = _run(*model, f"--monitoring_config_file={malformed}")
+    assert result.returncode == 1 and "malformed monitoring config file" in result.stderr
+    assert str(malformed) in result.stderr
+
+
+def test_limit_flags_are_checked() -> None:
+    for flag in ("--max_batch=0", "--max_message_bytes=0", f"--max_message_bytes={2**31}"):
+        result = _run("--model_name=m", "--model_base_path=/x", flag)
+        assert result.returncode == 2 and flag.split("=")[0] in result.stderr, flag
+
+
+def test_fatal_error_is_logged_before_exit(tmp_path: Path) -> None:
+    # serve() replaced by one that fails: main() must log the traceback, with faulthandler already on.
+    code = ("import faulthandler, sys; import osmi_ee.osmi.model_server as ms\n"
+            "def boom(args, shutdown):\n"
+            "    raise RuntimeError(f'boom faulthandler={faulthandler.is_enabled()}')\n"
+            "ms.serve = boom\n"
+            "sys.exit(ms.main(['--model_name=m', '--model_base_path=/x']))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "CRITICAL fatal error, exiting" in result.stderr
+    assert "RuntimeError: boom faulthandler=True" in result.stderr

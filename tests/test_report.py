@@ -304,13 +304,35 @@ def test_recommend_for_given_slo(built: dict[str, Any]) -> None:
     assert medium["cheapest"] is None and medium["priced"] is False
 
 
-def test_recommend_default_slo_is_median_p99_per_model(built: dict[str, Any]) -> None:
+def test_recommend_without_objective_names_the_fastest_and_says_so(built: dict[str, Any]) -> None:
     rec = recommend(built["df"])
-    # small_lstm valid p99s: 10, 30, 32, 34, 12, 40, 5, 5 -> median 21 ms.
-    assert rec["small_lstm"]["slo_p99_ms"] == pytest.approx(21.0)
-    assert config_of(rec["small_lstm"]["fastest"]) == (2, 1, 16, "closed")
-    assert rec["medium_cnn"]["slo_p99_ms"] == pytest.approx(105.0)
-    assert config_of(rec["medium_cnn"]["fastest"]) == (1, 1, 1, "closed")
+    small = rec["small_lstm"]
+    assert small["slo_p99_ms"] is None and small["slo_source"].startswith("none")
+    assert small["meeting_slo"] == small["eligible"]  # no objective: nothing is true by construction
+    assert config_of(small["fastest"]) == (2, 4, 16, "closed")
+
+
+def test_overlapping_intervals_are_a_tie(tmp_path: Path) -> None:
+    base = {"model": "small_lstm", "servers": 1, "clients": 1, "batch": 16, "gpu": "a100",
+            "scenario": "closed", "repeat": 1}
+    runs = [({**base, "clients": 1}, 1000.0, [950.0, 1050.0]),
+            ({**base, "clients": 2}, 1020.0, [1000.0, 1040.0]),  # overlaps the fastest: a tie
+            ({**base, "clients": 4}, 800.0, [780.0, 820.0])]  # clearly slower
+    for p, sps, ci in runs:
+        summ = summary(p, sps=sps, p99=10.0)
+        summ["throughput"]["samples_per_s_ci95"] = ci
+        write_exp(tmp_path, p, summ)
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "t", "experiments": [exp_id(p) for p, _, _ in runs]}))
+    rec = recommend(collect(tmp_path))["small_lstm"]
+    assert rec["fastest"]["config"]["clients"] == 2
+    assert [t["config"]["clients"] for t in rec["tied"]] == [1]
+    assert rec["fastest"]["separable"] is True
+    # The same speeds with intervals that do not overlap: no tie.
+    for p, sps, ci in runs[:2]:
+        summ = summary(p, sps=sps, p99=10.0)
+        summ["throughput"]["samples_per_s_ci95"] = [sps - 5, sps + 5]
+        (tmp_path / exp_id(p) / "results" / "summary.json").write_text(json.dumps(summ))
+    assert recommend(collect(tmp_path))["small_lstm"]["tied"] == []
 
 
 # --------------------------------------------------------------------------
