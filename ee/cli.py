@@ -100,6 +100,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return analyze_main([str(sweep.root), *extra])
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from osmi_ee.analysis.compare import main_compare
+
+    for path in (args.sweep_a, args.sweep_b):
+        if not (Path(path) / "sweep.json").exists():
+            raise GridError(path, ["not a generated sweep directory (no sweep.json)"])
+    return main_compare(args.sweep_a, args.sweep_b, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="osmi-ee",
@@ -129,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="dataset only: no plots, no report")
     p.add_argument("--slo-p99-ms", type=float, help="latency objective for the recommender "
                    "(default: each model's median p99)")
+    p = sub.add_parser("compare", help="set two sweeps of the same grid side by side",
+                       description="Match the points of two sweeps by their parameters and list, for each, "
+                                   "whether both are valid with overlapping 95%% intervals (agree), valid "
+                                   "in both with disjoint intervals (DISAGREE: should never happen), or "
+                                   "invalid in one. Exit 1 if any point disagrees.")
+    p.add_argument("sweep_a", help="first sweep directory (e.g. runs/local)")
+    p.add_argument("sweep_b", help="second sweep directory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

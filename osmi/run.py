@@ -38,7 +38,7 @@ from osmi_ee.osmi.model_config import render_model_config
 from osmi_ee.osmi.procs import Child, ProcessGroup, describe_pid, foreign_listeners, free_port
 from osmi_ee.osmi.telemetry import Telemetry
 
-EXIT_VALID, EXIT_ERROR, EXIT_INVALID = 0, 1, 3
+EXIT_VALID, EXIT_ERROR, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 3, 4
 SCHEMA = "osmi-ee/summary/1"
 
 
@@ -110,6 +110,8 @@ class ExperimentRun:
         self.server_children: list[Child] = []
         self.attempt = 0
         self.attempt_id = ""
+        self.cancelled = False
+        self.balancer_port: int | None = None  # None: a free one (tests set it to provoke a clash)
         self.backend_counts: dict[str, int] | None = None  # None: the balancer could not be read
         self.server_counts: dict[str, int | None] = {}
         self.windows_measured = 0
@@ -196,7 +198,7 @@ class ExperimentRun:
                 time.sleep(0.25)
 
     def start_balancer(self, backends: list[haproxy.Backend]) -> tuple[int, int]:
-        port, stats_port = free_port(), free_port()
+        port, stats_port = self.balancer_port or free_port(), free_port()
         # Clients on other nodes must reach the balancer; on one node keep it on loopback.
         bind = "0.0.0.0" if self.grid.job.nodes > 1 else "127.0.0.1"
         cfg = haproxy.render_config(port, stats_port, backends, timeout_s=self.grid.measure.timeout_s,
@@ -457,7 +459,10 @@ class ExperimentRun:
             progress("running", 40)
             self.run_clients(port, stats_port)
             progress("running", 90)
-        except (SetupError, Cancelled) as exc:
+        except Cancelled as exc:
+            self.cancelled = True
+            self.problems.append(str(exc))
+        except SetupError as exc:
             self.problems.append(str(exc))
         except Exception as exc:  # a bug must still end in teardown and a summary
             traceback.print_exc()
@@ -473,13 +478,20 @@ class ExperimentRun:
                                     "started_at": started, "finished_at": now_iso()})
         summary = self.summary(started)
         write_json(self.paths.summary, summary)
-        status = "valid" if summary["valid"] else ("invalid" if self.clients else "failed")
+        if summary["valid"]:
+            status = "valid"
+        elif self.cancelled:
+            status = "cancelled"
+        else:
+            status = "invalid" if self.clients else "failed"
         write_atomic(self.paths.status, status + "\n")
         for reason in summary["reasons"]:
             print(f"INVALID: {reason}", file=sys.stderr, flush=True)
         progress("done" if summary["valid"] else "failed", 100)
         if summary["valid"]:
             return EXIT_VALID
+        if status == "cancelled":
+            return EXIT_CANCELLED
         return EXIT_INVALID if status == "invalid" else EXIT_ERROR
 
 
