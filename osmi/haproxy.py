@@ -47,9 +47,21 @@ def render_config(frontend_port: int, stats_port: int, backends: list[Backend], 
         "    default_backend shards",
         "backend shards",
         "    balance roundrobin",
+        # A gRPC call over h2 to every shard every 500 ms, answered within 2 s (any gRPC
+        # reply is HTTP 200, whatever its grpc-status, so the empty body is fine): a
+        # hung (e.g. SIGSTOPped) shard still accepts TCP connections, so only an
+        # application-level check marks it DOWN and takes it out of the rotation.
+        "    option httpchk",
+        # (HTTP/1.1 with a host header: HAProxy's h2 check mux turns it into :authority;
+        # without one the shard refuses the stream.)
+        "    http-check send meth POST uri /grpc.health.v1.Health/Check ver HTTP/1.1 "
+        "hdr host localhost hdr content-type application/grpc hdr te trailers",
+        "    http-check expect status 200",
+        "    timeout check 2s",
     ]
     for b in backends:
-        lines.append(f"    server {b.name} {b.host}:{b.port} proto h2 check inter 500ms rise 1 fall 2")
+        lines.append(f"    server {b.name} {b.host}:{b.port} proto h2 check check-proto h2 "
+                     "inter 500ms rise 1 fall 2")
     lines += [
         "listen stats",
         f"    bind 127.0.0.1:{stats_port}",
@@ -73,6 +85,11 @@ def read_stats(stats_port: int, host: str = "127.0.0.1") -> dict[str, dict[str, 
 def request_counts(stats_port: int, host: str = "127.0.0.1") -> dict[str, int]:
     """Calls forwarded to each server so far (`lbtot`: chosen by the balancer)."""
     return {name: int(row.get("lbtot") or 0) for name, row in read_stats(stats_port, host).items()}
+
+
+def down_transitions(stats_port: int, host: str = "127.0.0.1") -> dict[str, int]:
+    """Times each server went from UP to DOWN (`chkdown`) so far."""
+    return {name: int(row.get("chkdown") or 0) for name, row in read_stats(stats_port, host).items()}
 
 
 def wait_all_up(stats_port: int, names: list[str], timeout_s: float, alive=lambda: True) -> None:

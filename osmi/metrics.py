@@ -26,6 +26,8 @@ MEASURED = 1
 PERCENTILES = (50, 90, 99)
 MIN_TAIL = 10  # requests that must lie beyond a reported quantile
 CI_BATCHES = 10  # sub-windows (batch means) behind one run's throughput interval
+MIN_WINDOW_REQUESTS = 20  # a measurement window holds at least this many (rates to ~5%)
+MIN_WINDOW_S = 1.0  # ... and lasts at least this long (the live loop polls every 20 ms)
 NOT_ENOUGH = "not enough samples"
 
 
@@ -78,21 +80,29 @@ def share_problems(counts: dict[str, int], min_share_of_fair: float) -> list[str
 
 
 def window_figures(start_ns: np.ndarray, end_ns: np.ndarray, ok: np.ndarray, latency_ns: np.ndarray,
-                   batch: int, k: int) -> list[dict[str, float | None]]:
-    """The measured window cut into k equal parts: samples/s and latency of each.
+                   batch: int, k: int, edges_ns: list[int] | None = None) -> list[dict[str, float | None]]:
+    """The measured window cut into parts: samples/s and latency of each.
 
-    A request belongs to the part in which it ended (that is when its samples
-    were delivered).
+    The parts are the runner's own measurement windows when `edges_ns` (wall
+    clock, first = the window's opening) is given, else k equal parts from the
+    first start to the last end. A request belongs to the part in which it
+    ended (that is when its samples were delivered); with the runner's edges,
+    requests still in flight at the last edge (ended after it) are in no part.
     """
     if start_ns.size == 0 or k < 1:
         return []
-    t0, t1 = start_ns.min(), end_ns.max()
-    edges = np.linspace(t0, t1, k + 1)
-    part = np.clip(np.searchsorted(edges, end_ns, side="right") - 1, 0, k - 1)
-    length_s = (t1 - t0) / 1e9 / k
+    if edges_ns is not None and len(edges_ns) >= 2:
+        edges = np.asarray(edges_ns, dtype=np.float64)
+        inside = end_ns <= edges[-1]
+    else:
+        edges = np.linspace(start_ns.min(), end_ns.max(), k + 1)
+        inside = np.ones(end_ns.size, bool)
+    parts = len(edges) - 1
+    part = np.clip(np.searchsorted(edges, end_ns, side="right") - 1, 0, parts - 1)
     windows = []
-    for j in range(k):
-        mask = (part == j) & ok
+    for j in range(parts):
+        length_s = (edges[j + 1] - edges[j]) / 1e9
+        mask = (part == j) & ok & inside
         lat = latency_ns[mask] / 1e6
         windows.append({"samples_per_s": float(mask.sum() * batch / length_s) if length_s > 0 else None,
                         "requests": int(mask.sum()),
@@ -175,7 +185,7 @@ def summarize(records: dict[str, np.ndarray], *, batch: int, clients: list[dict[
               problems: list[str] | None = None, stability_windows: int = 1,
               stability_tolerance: float = 0.1, min_duration_s: float = 0.0, min_requests: int = 0,
               target_rate: float | None = None, mode: str = "count",
-              stability_last: int | None = None) -> dict[str, Any]:
+              stability_last: int | None = None, window_edges_ns: list[int] | None = None) -> dict[str, Any]:
     """Figures and verdict from all clients' records (columns as written by the client).
 
     `clients` holds each client's own summary (or None if it wrote none) and
@@ -218,8 +228,9 @@ def summarize(records: dict[str, np.ndarray], *, batch: int, clients: list[dict[
     win = window_s(start, latency)
     if sent and win < min_duration_s:
         reasons.append(f"measured window {win:.2f} s is shorter than the minimum {min_duration_s:g} s")
-    windows = window_figures(start, start + latency, ok_mask, latency, batch, stability_windows)
-    checked = stability_windows > 1 and sent > 0
+    windows = window_figures(start, start + latency, ok_mask, latency, batch, stability_windows,
+                             window_edges_ns)
+    checked = len(windows) > 1 and stability_windows > 1 and sent > 0
     unstable = stability_problem(windows, stability_tolerance, stability_last) if checked else None
     if unstable:
         reasons.append(unstable)
@@ -246,7 +257,7 @@ def summarize(records: dict[str, np.ndarray], *, batch: int, clients: list[dict[
                        "balancer_forwarded": sum(backend_counts.values()) if backend_counts is not None else None,
                        "balancer_per_backend": backend_counts,
                        "server_served": server_counts},
-        "measurement": {"mode": mode, "windows": windows if stability_windows > 1 else [],
+        "measurement": {"mode": mode, "windows": windows if checked else [],
                         "stable": (unstable is None) if checked else None,
                         "spread": _finite(spread(last_rates)) if checked and len(last_rates) > 1 else None,
                         "tolerance": stability_tolerance, "min_requests": min_requests},

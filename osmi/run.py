@@ -115,6 +115,7 @@ class ExperimentRun:
         self.backend_counts: dict[str, int] | None = None  # None: the balancer could not be read
         self.server_counts: dict[str, int | None] = {}
         self.windows_measured = 0
+        self.window_edges_ns: list[int] = []
         self.load: dict[str, Any] | None = None
         self.balancer: Child | None = None
 
@@ -275,6 +276,7 @@ class ExperimentRun:
             time.sleep(0.01)
         # Both ends counted over the same window: the balancer per backend, each shard itself.
         before = haproxy.request_counts(stats_port)
+        downs_before = haproxy.down_transitions(stats_port)
         served_before = self.read_server_counts()
         self.telemetry = Telemetry({s["name"]: s["pid"] for s in self.shards})
         self.telemetry.start()
@@ -307,6 +309,12 @@ class ExperimentRun:
         try:
             after = haproxy.request_counts(stats_port)
             self.backend_counts = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+            for name, downs in sorted(haproxy.down_transitions(stats_port).items()):
+                if downs > downs_before.get(name, 0):
+                    self.problems.append(
+                        f"server {name} stopped answering the balancer's health checks during the run "
+                        f"(HAProxy marked it DOWN {downs - downs_before.get(name, 0)} time(s)): hung or "
+                        "overloaded; its log: " + str(self.paths.server_log(int(name[1:]))))
         except OSError as exc:
             after = None
             self.problems.append(self.balancer_gone(exc))
@@ -342,15 +350,17 @@ class ExperimentRun:
         """Measure window after window until the last k agree and there are enough
         requests, or the cap (windows, seconds) is reached; then tell the clients to stop.
 
-        A window is duration_s / k long, or (count mode) holds requests x clients / k
-        requests. Live rates come from HAProxy's counters; the verdict in the summary
-        is recomputed from the clients' own records with the same stability rule.
+        A window lasts duration_s / k (count mode: holds requests x clients / k
+        requests), and at least MIN_WINDOW_S with MIN_WINDOW_REQUESTS in it, so no
+        rate rests on a handful of requests or a few polls. Live counts come from
+        HAProxy; the verdict recomputes each window's rate from the clients' own
+        records, cut at the same edges, with the same stability rule.
         """
         m = self.grid.measure
         k = m.stability_windows
-        count_mode = not m.duration_s
-        per_window = (m.requests or 1) * self.params["clients"] / k if count_mode else None
-        window_len = None if count_mode else m.duration_s / k
+        per_window = (m.requests or 1) * self.params["clients"] / k if not m.duration_s else 0
+        min_len = m.duration_s / k if m.duration_s else metrics.MIN_WINDOW_S
+        min_count = max(per_window, metrics.MIN_WINDOW_REQUESTS)
         end = go + m.stability_max_s
 
         def total() -> int | None:
@@ -362,31 +372,31 @@ class ExperimentRun:
         start_total = total()
         if start_total is None:
             return  # the balancer is gone; the summary says so
-        t_prev, n_prev = go, start_total
         time.sleep(max(0.0, go - time.time()))
+        edges, counts = [go], [start_total]
         rates: list[float] = []
-        while len(rates) < m.stability_max_windows and time.time() < end:
-            while True:  # wait for this window to close
-                if not all(c.alive() for c in children):
+        closed = True
+        while len(rates) < m.stability_max_windows and closed:
+            closed = False
+            time.sleep(max(0.0, min(edges[-1] + min_len, end) - time.time()))
+            while all(c.alive() for c in children):  # wait for this window to close
+                now, n_now = time.time(), total()
+                if n_now is None:
                     break
-                if count_mode:
-                    time.sleep(0.05)
-                    now_total = total()
-                    if now_total is None or now_total - n_prev >= per_window or time.time() >= end:
-                        break
-                else:
-                    wake = min(t_prev + window_len, end)
-                    time.sleep(max(0.0, wake - time.time()))
+                if n_now - counts[-1] >= min_count or now >= end:
+                    closed = True
                     break
-            now, n_now = time.time(), total()
-            if n_now is None or not all(c.alive() for c in children) or now <= t_prev:
-                break
-            rates.append((n_now - n_prev) / (now - t_prev))
-            t_prev, n_prev = now, n_now
+                time.sleep(0.02)
+            if not closed:
+                break  # the clients ended (their own bound) or the balancer went away
+            edges.append(now)
+            counts.append(n_now)
+            rates.append((n_now - counts[-2]) / (now - edges[-2]))
             windows = [{"samples_per_s": r} for r in rates]
             settled = len(rates) >= k and metrics.stability_problem(windows, m.stability_tolerance, k) is None
-            if settled and n_now - start_total >= m.min_requests and now - go >= m.min_duration_s:
+            if (settled and n_now - start_total >= m.min_requests and now - go >= m.min_duration_s) or now >= end:
                 break
+        self.window_edges_ns = [int(t * 1e9) for t in edges]
         self.windows_measured = len(rates)
         write_atomic(self.paths.barrier / "stop", repr(time.time()))
 
@@ -406,9 +416,10 @@ class ExperimentRun:
     def summary(self, started: str) -> dict[str, Any]:
         measure = self.grid.measure
         records = self.load_records()
-        # The records cut into as many equal windows as the live loop measured (at least k);
-        # the last k must agree.
+        # The records cut at the live loop's window edges (else k equal parts); the
+        # last k must agree.
         parts = max(measure.stability_windows, self.windows_measured)
+        edges = self.window_edges_ns if self.windows_measured >= measure.stability_windows else None
         figures = metrics.summarize(
             records, batch=self.params["batch"], clients=self.clients,
             backend_counts=self.backend_counts, server_counts=self.server_counts,
@@ -416,7 +427,7 @@ class ExperimentRun:
             stability_windows=parts, stability_tolerance=measure.stability_tolerance,
             min_duration_s=measure.min_duration_s, min_requests=measure.min_requests,
             target_rate=self.params["rate"], mode="duration" if measure.duration_s else "count",
-            stability_last=measure.stability_windows)
+            stability_last=measure.stability_windows, window_edges_ns=edges)
         figures["machine_load"] = self.load
         if figures["measurement"]["stable"] is False:
             figures["measurement"]["note"] = busy_machine_note(self.load)
