@@ -34,6 +34,15 @@ def _cell(value: Any, fmt: str | None = None) -> str:
     return fmt.format(value) if fmt else str(value)
 
 
+def _speed_cell(row: pd.Series) -> str:
+    """samples/s ± half its 95% interval, e.g. `620.2 ±53.1`."""
+    speed = _cell(row["samples_per_s"], _FMT_NUM)
+    low, high = row.get("samples_per_s_ci95_low"), row.get("samples_per_s_ci95_high")
+    if speed == "-" or _cell(low) == "-" or _cell(high) == "-":
+        return speed
+    return f"{speed} ±{(high - low) / 2:,.1f}"
+
+
 def _latency_cell(row: pd.Series) -> str:
     p50, p99 = row.get("latency_p50_ms"), row.get("latency_p99_ms")
     if not row["valid"]:
@@ -53,12 +62,12 @@ def _table_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
 def format_table(df: pd.DataFrame, max_rows: int) -> list[str]:
     """Fixed-width lines: params, valid, samples/s, p50/p99 ms, shares."""
     axes = _table_columns(df)
-    header = [h for h, _ in axes] + ["valid", "samples/s", "p50/p99 ms", "shares"]
+    header = [h for h, _ in axes] + ["valid", "samples/s (95% CI)", "p50/p99 ms", "shares"]
     body = []
     for _, row in df.head(max_rows).iterrows():
         cells = [_cell(row[c]) for _, c in axes]
         valid = "yes" if row["valid"] else ("missing" if row["status"] == "missing" else "NO")
-        cells += [valid, _cell(row["samples_per_s"], _FMT_NUM), _latency_cell(row),
+        cells += [valid, _speed_cell(row), _latency_cell(row),
                   _cell(row["backend_shares"])]
         body.append(cells)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
@@ -109,8 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-plots", action="store_true",
                         help="write the dataset and its summary only (no plots, no report)")
     parser.add_argument("--slo-p99-ms", type=_positive_float, default=None, metavar="X",
-                        help="latency SLO for the recommendation: p99 <= X ms (default: per "
-                        "model, the median p99 of its valid runs)")
+                        help="latency objective for the recommendation: p99 <= X ms (default: "
+                        "none; the fastest valid configuration is named, and the report says so)")
     parser.add_argument("--rows", type=int, default=40, metavar="N",
                         help="print at most N table rows (default 40)")
     return parser

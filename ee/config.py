@@ -22,7 +22,7 @@ import yaml
 
 from osmi_ee.ee.profiles import (DuplicateKeyError, Profile, ProfileError, expand_vars, load_yaml,
                                  placeholder_profile, resolve_profile)
-from osmi_ee.osmi.specs import MODEL_NAMES
+from osmi_ee.osmi.specs import MAX_MESSAGE_BYTES, MODEL_NAMES, MODEL_SPECS, SERVER_MAX_BATCH
 
 # \Z, not $: `$` also matches before a trailing newline, and a newline in a script is a command.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
@@ -263,6 +263,14 @@ def _check_axes(checker: _Checker, data: Any, profile: Profile, scalar: bool) ->
                 checker.bad(key, value, f"target requests/s (all clients together): a number > 0, "
                                         f"at most {MAX_RATE:g}")
         axes[axis] = values
+    for model in axes.get("model", []):  # what one request may weigh, checked before any job runs
+        for batch in axes.get("batch", []):
+            if model not in MODEL_SPECS or not _is_int(batch):
+                continue
+            size = batch * MODEL_SPECS[model].input_bytes_per_sample
+            if size > MAX_MESSAGE_BYTES:
+                checker.bad("experiment.batch", batch, f"a {model} request of {batch} samples weighs "
+                            f"{size / 2**20:,.0f} MiB, over gRPC's {MAX_MESSAGE_BYTES / 2**20:,.0f} MiB limit")
     if "poisson" in axes.get("scenario", []) and None in axes.get("rate", [None]):
         checker.bad("experiment.rate", data.get("rate"), "scenario poisson needs a target rate > 0")
     for gpu in axes.get("gpu", []):  # all shards run on the first node: one GPU each
@@ -317,6 +325,11 @@ def _parse(data: Any, source: Path, scalar_axes: bool, profiles_dir: Path | None
     except ValueError as exc:
         checker.bad("serve.models_dir", serve.models_dir, str(exc).split(": ", 1)[-1])
     job = _fill(checker, Job, checker.section(data, "job"), "job.", _JOB_RULES)
+    if serve.server != "tfserving":  # osmi-model-server refuses bigger requests
+        for batch in axes.get("batch", []):
+            if _is_int(batch) and batch > SERVER_MAX_BATCH:
+                checker.bad("experiment.batch", batch, f"osmi-model-server serves at most {SERVER_MAX_BATCH} "
+                            "samples per request (its --max_batch); use serve.server: tfserving for more")
     if checker.problems:
         raise GridError(source, checker.problems)
     return Grid(name=name, profile=profile, axes=axes, measure=measure, serve=serve,

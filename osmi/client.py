@@ -27,9 +27,9 @@ import numpy as np
 from osmi_ee.ee.paths import atomic_write, write_atomic
 from osmi_ee.osmi import protos
 from osmi_ee.osmi.load import RUNNERS, SCENARIOS, Issuer, Plan
-from osmi_ee.osmi.specs import INPUT_NAME, MODEL_NAMES, OUTPUT_NAME, SIGNATURE_NAME, get_spec
+from osmi_ee.osmi.specs import (INPUT_NAME, MAX_MESSAGE_BYTES, MODEL_NAMES, OUTPUT_NAME, SIGNATURE_NAME,
+                                get_spec)
 
-MAX_MESSAGE_BYTES = 2**31 - 1
 BAD_RESPONSE = 100  # our code for "answered OK but with the wrong tensor"
 WARMUP, MEASURED = 0, 1
 INPUT_POOL = 4  # distinct request payloads, cycled, so no layer can cache one answer

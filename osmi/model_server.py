@@ -42,15 +42,15 @@ import numpy as np
 
 from osmi_ee.osmi.server_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from osmi_ee.osmi.server_metrics import format_request_counts, parse_monitoring_config
+from osmi_ee.osmi.specs import MAX_MESSAGE_BYTES, SERVER_MAX_BATCH
 
 log = logging.getLogger("osmi-model-server")
 
 DEFAULT_SIGNATURE = "serving_default"
-MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's ceiling; large_tcnn batches exceed the 4 MiB default
-# Twice the largest batch the shipped grids use (512). The payload is already bounded by
-# --max_message_bytes; this bounds what one request makes the model compute: activations
-# and outputs grow with the batch (large_tcnn's input alone is 0.9 MB per sample).
-DEFAULT_MAX_BATCH = 1024
+# The payload is bounded by --max_message_bytes; --max_batch bounds what one request makes
+# the model compute: activations and outputs grow with the batch (large_tcnn's input alone
+# is 0.9 MB per sample). Both defaults live with the model specs (one home).
+DEFAULT_MAX_BATCH = SERVER_MAX_BATCH
 MAX_RANK = 254  # TensorShape's own limit: more dims than this is never a real tensor
 DEFAULT_BIND_HOST = "127.0.0.1"  # an unauthenticated server must be opened to the network on purpose
 GRACE_SECONDS = 5.0

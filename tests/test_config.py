@@ -263,3 +263,16 @@ def test_bad_profile_does_not_add_spurious_gpu_problems(write_grid):
                                      "experiment": {"model": "small_lstm", "gpu": ["a100"]}}))
     assert problems == ["profile.gpus.a100.mem: a quoted Slurm memory size: digits and an optional K, M, G "
                         "or T, e.g. \"64G\" (got 'lots')"]
+
+
+def test_batch_is_checked_against_the_message_and_server_limits(write_grid):
+    heavy = {"name": "g", "experiment": {"model": ["large_tcnn"], "batch": [4096]},
+             "serve": {"server": "tfserving"}}
+    with pytest.raises(GridError) as err:
+        load_grid(write_grid(heavy))
+    assert "large_tcnn request of 4096 samples" in str(err.value) and "MiB limit" in str(err.value)
+    ours = {"name": "g", "experiment": {"model": ["small_lstm"], "batch": [2048]}}
+    with pytest.raises(GridError) as err:
+        load_grid(write_grid(ours))
+    assert "experiment.batch" in str(err.value) and "at most 1024" in str(err.value)
+    assert load_grid(write_grid({**ours, "serve": {"server": "tfserving"}})).axes["batch"] == [2048]
