@@ -13,13 +13,15 @@ from collections import Counter
 from pathlib import Path
 
 from osmi_ee.ee.config import GridError, load_grid
+from osmi_ee.ee.outcome import ExperimentOutcome
 from osmi_ee.ee.paths import SweepPaths, default_sweep_dir
+from osmi_ee.ee.render import TemplateError
 
 DEFAULT_GRID = "experiments/local.yaml"
 
 
 def _sweep_for(args: argparse.Namespace) -> tuple[SweepPaths, object]:
-    grid = load_grid(args.grid)
+    grid = load_grid(args.grid, profile_file=args.profile)
     root = Path(args.out) if args.out else default_sweep_dir(grid.name)
     return SweepPaths(root.resolve()), grid
 
@@ -32,7 +34,7 @@ def _require_generated(sweep: SweepPaths) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from osmi_ee.osmi.export import export_models
 
-    grid = load_grid(args.grid)
+    grid = load_grid(args.grid, profile_file=args.profile)
     export_models(grid.axes["model"], Path(grid.serve.models_dir), samples=args.samples,
                   epochs=args.epochs, force=args.force)
     return 0
@@ -47,14 +49,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_count_key(outcome: ExperimentOutcome) -> str:
+    if not outcome.skipped:
+        return outcome.state
+    return "skipped (valid)" if outcome.state == "valid" else "skipped (running elsewhere)"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from osmi_ee.ee.local import run_local
+    from osmi_ee.ee.local import Interrupted, run_local
 
     sweep, _ = _sweep_for(args)
     _require_generated(sweep)
-    counts = run_local(sweep, force=args.force)
+    try:
+        outcomes = run_local(sweep, force=args.force)
+    except Interrupted as stop:
+        print(f"osmi-ee run: {stop}", file=sys.stderr)
+        return 128 + stop.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+    counts = Counter(_run_count_key(o) for o in outcomes)
     print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-    bad = counts.get("invalid", 0) + counts.get("failed", 0)
+    bad = sum(counts.get(k, 0) for k in ("invalid", "failed", "cancelled", "interrupted"))
     return 0 if not bad else 3
 
 
@@ -64,12 +77,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     sweep, _ = _sweep_for(args)
     _require_generated(sweep)
     try:
-        submitted = submit(sweep, force=args.force)
+        submitted = [o for o in submit(sweep, force=args.force) if not o.skipped]
     except SubmissionError as exc:
         print(f"osmi-ee submit: {exc}", file=sys.stderr)
         return 2
-    for experiment_id, job_id in submitted.items():
-        print(f"{job_id}\t{experiment_id}")
+    for outcome in submitted:
+        print(f"{outcome.job_id}\t{outcome.id}")
     print(f"submitted {len(submitted)} job(s); ids recorded in {sweep.jobs}")
     return 0
 
@@ -81,12 +94,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     _require_generated(sweep)
     states = experiment_states(sweep)
     width = max((len(i) for i in states), default=10)
-    for experiment_id, info in states.items():
-        print(f"{experiment_id:<{width}}  {info['state']:<13} {info['job_id'] or '-'}")
-    counts = Counter(info["state"] for info in states.values())
-    keys = ["done", "failed", "invalid", "pending", "running"]
+    for experiment_id, outcome in states.items():
+        print(f"{experiment_id:<{width}}  {outcome.state:<13} {outcome.job_id or '-'}")
+    counts = Counter(outcome.state for outcome in states.values())
+    keys = ["valid", "failed", "invalid", "cancelled", "interrupted", "pending", "running"]
     others = sorted(set(counts) - set(keys))
-    print(" ".join([f"total={len(states)}"] + [f"{k}={counts.get(k, 0)}" for k in keys + others]))
+    print(" ".join([f"total={len(states)}"]
+                   + [f"{k.replace(' ', '_')}={counts.get(k, 0)}" for k in keys + others]))
     return 0
 
 
@@ -120,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--grid", default=DEFAULT_GRID, help=f"grid file (default {DEFAULT_GRID})")
         p.add_argument("--out", help="sweep directory (default runs/<grid name>)")
+        p.add_argument("--profile", metavar="PATH",
+                       help="cluster profile file to use instead of the grid's `profile:`")
         p.set_defaults(func=func)
         return p
 
@@ -136,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", "one line per experiment, then a summary line", cmd_status)
     p = add("analyze", "aggregate results into dataset.csv/.parquet, plots and report/index.html", cmd_analyze)
     p.add_argument("--no-plots", action="store_true", help="dataset only: no plots, no report")
-    p.add_argument("--slo-p99-ms", type=float, help="latency objective for the recommender "
-                   "(default: each model's median p99)")
+    p.add_argument("--slo-p99-ms", type=float, help="latency objective for the recommender: "
+                   "p99 <= X ms (default: none; the fastest valid configuration is named)")
     p = sub.add_parser("compare", help="set two sweeps of the same grid side by side",
                        description="Match the points of two sweeps by their parameters and list, for each, "
                                    "whether both are valid with overlapping 95%% intervals (agree), valid "
@@ -157,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     except GridError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except TemplateError as exc:
+        print(f"osmi-ee {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a run's own handling: one line, no traceback
+        print(f"osmi-ee {args.command}: interrupted by SIGINT", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
     <sweep>/report/index.html                (repeats with 95% CI) and the HTML report
     <sweep>/<id>/config.yaml                 resolved config of one experiment
     <sweep>/<id>/job.slurm                   rendered job script (runs under Slurm or bash)
-    <sweep>/<id>/status                      one word: running | valid | invalid | failed
+    <sweep>/<id>/status                      one word: running | valid | invalid | failed | cancelled
+    <sweep>/<id>/.lock                       flock held by the local runner and its job while it runs
     <sweep>/<id>/logs/                       job, server-<k>, haproxy, client-<k> logs   } this
     <sweep>/<id>/results/                    summary.json, requests-client<k>.parquet,    } attempt
                                              env.json, telemetry.parquet, backends.json, } only
@@ -142,6 +143,22 @@ class ExperimentPaths:
             return self.status.read_text().strip() or None
         except FileNotFoundError:
             return None
+
+    @property
+    def lock(self) -> Path:
+        """flock'ed by whoever runs the experiment (osmi-ee run and its job): one at a time."""
+        return self.root / ".lock"
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """results/summary.json if it is complete: a JSON object with its schema key.
+        None when missing, truncated or not ours: such a result proves nothing."""
+        try:
+            summary = json.loads(self.summary.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(summary, dict) or not isinstance(summary.get("schema"), str):
+            return None
+        return summary
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ QUICK = Sizes(client_requests=200, raw_requests=200, anchor_requests=50, warmup=
               startup_runs=1, lb_clients=2, lb_duration_s=1.0, lb_rounds=1,
               gen_axes=QUICK_GEN_AXES, synth_runs=8, synth_records=2048)
 
-PARTS = ("analyze", "generate", "startup", "cpu", "lb")
+PARTS = ("analyze", "generate", "startup", "cpu", "lb", "load", "repro")
 PAYLOAD_BATCH = 64  # the second client-CPU comparison: an OSMI-sized request
 TARGETS = {  # the bounds targets_met checks
     "client_vs_raw": 1.3,  # client CPU/request <= 1.3 x raw
@@ -776,6 +776,23 @@ class Bench:
                 self.bench_lb(ports)
             self.group.stop(grace_s=10)
 
+        # Whole experiments through the real runner: accounting under load, reproducibility.
+        if parts & {"load", "repro"}:
+            from osmi_ee.osmi.bench_sweeps import bench_load, bench_repro
+
+            models = self.ensure_model()
+            if "load" in parts:
+                load = bench_load(models, self.work / "sweeps", clients=8 if args.quick else 64,
+                                  seconds=5.0 if args.quick else 60.0)
+                self.result.update(load)
+                say(f"load: {load['load_clients']} clients x {load['load_servers']} shards, "
+                    f"{load['load_sent']:,} requests in {load['load_window_s']:.1f} s; accounted at "
+                    f"clients, balancer and shards: {load['load_every_request_accounted']}")
+            if "repro" in parts:
+                repro = bench_repro(models, self.work / "sweeps", duration_s=2.0 if args.quick else 6.0)
+                self.result.update(repro)
+                say(f"repro: {repro['repro_counts']}")
+
         # Last, so that the sweeps a previous bench deleted on its way out are minutes
         # old: ext4 is slow to create inodes right after many were deleted (bench_generate).
         if "generate" in parts:
@@ -803,6 +820,9 @@ class Bench:
             "analyze_lt_30s": (("analyze_s_63M",), lambda: r["analyze_s_63M"] < TARGETS["analyze_s"]),
             "startup_lt_0.5s": (("client_startup_s",), lambda: r["client_startup_s"] < TARGETS["startup_s"]),
             "rss_lt_150mb": (("client_rss_mb",), lambda: r["client_rss_mb"] < TARGETS["rss_mb"]),
+            "load_every_request_accounted": (("load_every_request_accounted",),
+                                             lambda: r["load_every_request_accounted"]),
+            "repro_no_disagreement": (("repro_counts",), lambda: r["repro_counts"]["DISAGREE"] == 0),
         }
         # bool(): numpy comparisons give numpy bools, which JSON cannot write
         r["targets_met"] = {name: bool(test()) for name, (needs, test) in checks.items() if all(k in r for k in needs)}
@@ -847,13 +867,17 @@ class Bench:
                             "analyze_data_reused": reused})
         say(f"analyze: {agg['records']:,} records of {agg['runs']:,} runs in {agg['seconds']:.1f} s")
 
-    def servers_up(self) -> list[int]:
-        models = Path(self.args.models_dir)
+    def ensure_model(self) -> Path:
+        models = Path(self.args.models_dir).resolve()
         if not any((models / MODEL).glob("*/saved_model.pb")):
             say(f"exporting {MODEL} to {models}")
             from osmi_ee.osmi.export import export_models
 
             export_models([MODEL], models, samples=8, epochs=1)
+        return models
+
+    def servers_up(self) -> list[int]:
+        models = self.ensure_model()
         from osmi_ee.osmi.model_config import render_model_config
 
         model_config = self.work / "models.config"

@@ -449,6 +449,17 @@ class ExperimentRun:
 
     # ------------------------------------------------------------ main
 
+    def write_cancelled(self, started: str) -> None:
+        """The short verdict of a cancelled run, written before teardown; the full
+        summary replaces it once everything is down."""
+        write_json(self.paths.summary, {
+            "schema": SCHEMA, "experiment_id": self.raw.get("sweep", {}).get("experiment_id", self.paths.root.name),
+            "attempt": {"number": self.attempt, "id": self.attempt_id}, "params": self.params,
+            "valid": False, "reasons": list(self.problems), "requests": {"sent": None, "ok": None, "failed": None},
+            "throughput": {"samples_per_s": None, "samples_per_s_ci95": None, "requests_per_s": None},
+            "started_at": started, "finished_at": now_iso()})
+        write_atomic(self.paths.status, "cancelled\n")
+
     def execute(self) -> int:
         started = now_iso()
         # A fresh attempt: whatever an earlier one left moves to attempts/<n>/, so the
@@ -463,6 +474,7 @@ class ExperimentRun:
         write_atomic(self.paths.status, "running\n")
         progress("running", 5)
         try:
+            _Signals.arm()
             self.write_model_config()
             backends = self.start_servers()
             progress("running", 30)
@@ -471,17 +483,27 @@ class ExperimentRun:
             self.run_clients(port, stats_port)
             progress("running", 90)
         except Cancelled as exc:
+            _Signals.disarm()
             self.cancelled = True
             self.problems.append(str(exc))
+            # Slurm's SIGKILL may follow within seconds (KillWait): a verdict first.
+            self.write_cancelled(started)
         except SetupError as exc:
             self.problems.append(str(exc))
         except Exception as exc:  # a bug must still end in teardown and a summary
             traceback.print_exc()
             self.problems.append(f"internal error: {exc!r}")
         finally:
+            _Signals.disarm()
+            if _Signals.received is not None and not self.cancelled:
+                # The signal reached the whole job's group: a child may have died of it
+                # first (and be the error we caught), but the run was cancelled.
+                self.cancelled = True
+                self.problems.insert(0, f"cancelled by signal {signal.Signals(_Signals.received).name}")
+                self.write_cancelled(started)
             if self.telemetry is not None:
                 self.telemetry.stop()
-            self.group.stop()
+            self.group.stop(grace_s=1.0 if self.cancelled else 10.0)
         write_json(self.paths.env, {**manifest(self.grid.profile.haproxy, self.server_argv),
                                     "shards": self.shards, "config": self.raw,
                                     "attempt": {"number": self.attempt, "id": self.attempt_id},
@@ -498,7 +520,7 @@ class ExperimentRun:
         write_atomic(self.paths.status, status + "\n")
         for reason in summary["reasons"]:
             print(f"INVALID: {reason}", file=sys.stderr, flush=True)
-        progress("done" if summary["valid"] else "failed", 100)
+        progress("done" if summary["valid"] else status, 100)
         if summary["valid"]:
             return EXIT_VALID
         if status == "cancelled":
@@ -506,11 +528,31 @@ class ExperimentRun:
         return EXIT_INVALID if status == "invalid" else EXIT_ERROR
 
 
-def _raise_cancelled(signum: int, _frame: Any) -> None:
-    # Only the first signal interrupts; teardown must not be interrupted again.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise Cancelled(f"cancelled by signal {signal.Signals(signum).name}")
+class _Signals:
+    """SIGTERM/SIGINT: raise Cancelled while the job measures (so teardown and a verdict
+    follow at once), otherwise only remember it: the summary and status being written
+    must not be cut in half."""
+
+    armed = False
+    received: int | None = None
+
+    @classmethod
+    def handle(cls, signum: int, _frame: Any) -> None:
+        if cls.received is None:
+            cls.received = signum
+        if cls.armed:
+            cls.armed = False  # only the first signal interrupts
+            raise Cancelled(f"cancelled by signal {signal.Signals(signum).name}")
+
+    @classmethod
+    def arm(cls) -> None:
+        if cls.received is not None:  # it came while we were starting
+            raise Cancelled(f"cancelled by signal {signal.Signals(cls.received).name}")
+        cls.armed = True
+
+    @classmethod
+    def disarm(cls) -> None:
+        cls.armed = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -521,13 +563,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("server_command", nargs="*",
                         help="after `--`: how to start a model-server shard (default: decided here)")
     args = parser.parse_args(argv)
+    # At once: a cancel that arrives while we start is still answered with a verdict.
+    signal.signal(signal.SIGTERM, _Signals.handle)
+    signal.signal(signal.SIGINT, _Signals.handle)
     try:
         run = ExperimentRun(Path(args.config), args.server_command)
     except GridError as exc:
         print(exc, file=sys.stderr)
         return EXIT_ERROR
-    signal.signal(signal.SIGTERM, _raise_cancelled)
-    signal.signal(signal.SIGINT, _raise_cancelled)
     return run.execute()
 
 

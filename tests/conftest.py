@@ -1,9 +1,12 @@
-"""Shared fixtures: one tiny exported small_lstm per test session, grid writing."""
+"""Shared fixtures: one tiny exported small_lstm per test session, grid writing; and
+what the session starts it stops (a Slurm test cluster it had to start)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,15 @@ def write_grid(tmp_path):
 def require_haproxy():
     if not shutil.which("haproxy"):
         pytest.fail("HAProxy is not installed: `make test` installs it (apt-get install haproxy)")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # The Slurm fixtures start a test cluster when none runs; leave the machine as we found it.
+    # (Imported by the Slurm tests only: no import, nothing was started.)
+    cluster = sys.modules.get("tests.slurm_cluster")
+    if cluster is not None:
+        try:
+            cluster.stop_started_cluster()
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            print(f"\nconftest: could not stop the Slurm test cluster this session started: {exc}",
+                  file=sys.stderr)

@@ -5,6 +5,7 @@ Not a test module. Typical use in a fixture::
     env = slurm_cluster.ensure_cluster()            # {"SLURM_CONF": ...}; starts the cluster if needed
     jid = subprocess.run(["sbatch", "--parsable", ...], env={**os.environ, **env}, ...).stdout.strip()
     states = slurm_cluster.wait_for_jobs([jid], timeout_s=60, env=env)
+    slurm_cluster.stop_started_cluster()           # at session end (conftest): only if we started it
 
 Job ids are strings (ints accepted): "12" (a plain job, or a whole array: all its tasks), or "12_3" (one
 array task). States come from `squeue --json` (lists finished jobs for MinJobAge, 300 s) and from the
@@ -24,6 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_UP = REPO / ".ci" / "slurm-up"
+SLURM_DOWN = REPO / ".ci" / "slurm-down"
 
 # Slurm base states after which a job never runs again.
 FINISHED_STATES = frozenset({
@@ -56,18 +58,55 @@ def slurm_available(env: Mapping[str, str] | None = None) -> bool:
     return p.returncode == 0 and "is UP" in p.stdout
 
 
+def default_conf() -> Path:
+    """The slurm.conf .ci/slurm-up writes ($OSMI_SLURM_DIR, default /tmp/osmi-slurm)."""
+    return Path(os.environ.get("OSMI_SLURM_DIR", "/tmp/osmi-slurm")).resolve() / "slurm.conf"
+
+
+# The cluster ensure_cluster started in this process ({"SLURM_CONF": ...}), if it did: only that
+# one is ours to stop. One that already ran (CI's .ci/run, a developer's shell) is left alone.
+_started: dict[str, str] = {}
+
+
 def ensure_cluster(timeout_s: float = 600) -> dict[str, str]:
     """Start the test cluster if needed (.ci/slurm-up; may apt-get install) and return env vars to use.
 
     Raises RuntimeError with the tail of slurm-up's output if it fails (e.g. not root, no apt).
+    stop_started_cluster() stops it again if (and only if) this call started it.
     """
     if slurm_available():
         return {"SLURM_CONF": os.environ["SLURM_CONF"]}
+    # Daemons may run without SLURM_CONF in our environment (slurm-up by hand): theirs, not ours.
+    was_up = slurm_available({"SLURM_CONF": str(default_conf())})
     p = subprocess.run([str(SLURM_UP)], capture_output=True, text=True, timeout=timeout_s)
+    if not was_up and "already running" not in p.stderr:
+        _started["SLURM_CONF"] = str(default_conf())  # even half started: slurm-down cleans up
     lines = p.stdout.strip().splitlines()
     if p.returncode != 0 or not lines or not lines[-1].startswith("export SLURM_CONF="):
         raise RuntimeError(f"{SLURM_UP} failed (rc={p.returncode}):\n{p.stderr[-3000:]}{p.stdout[-1000:]}")
-    return {"SLURM_CONF": lines[-1].split("=", 1)[1]}
+    env = {"SLURM_CONF": lines[-1].split("=", 1)[1]}
+    if _started:
+        _started.update(env)
+    return env
+
+
+def started_cluster() -> bool:
+    """Did ensure_cluster start the cluster in this process (and it was not stopped since)?"""
+    return bool(_started)
+
+
+def stop_started_cluster(timeout_s: float = 120) -> None:
+    """Stop the cluster ensure_cluster started in this process (.ci/slurm-down); else do nothing.
+
+    Raises RuntimeError if slurm-down fails.
+    """
+    if not _started:
+        return
+    p = subprocess.run([str(SLURM_DOWN)], env=_env(_started), capture_output=True, text=True,
+                       timeout=timeout_s)
+    if p.returncode != 0:
+        raise RuntimeError(f"{SLURM_DOWN} failed (rc={p.returncode}):\n{p.stderr[-3000:]}")
+    _started.clear()
 
 
 # ---- jobcomp file ------------------------------------------------------------------------------

@@ -65,7 +65,8 @@ def test_submit_status_analyze_on_real_slurm(on_slurm, write_grid, tmp_path, mod
     assert set(states.values()) == {"COMPLETED"}, states
 
     lines = status_lines(grid, out, capsys)
-    assert lines[-1].startswith("total=2 done=2 failed=0 invalid=0 pending=0 running=0"), lines
+    assert lines[-1].startswith("total=2 valid=2 failed=0 invalid=0 cancelled=0 interrupted=0 "
+                                "pending=0 running=0"), lines
 
     for experiment_id in sweep.experiment_ids():
         exp = sweep.experiment(experiment_id)
@@ -118,7 +119,7 @@ def test_scancel_stops_everything_and_records_failure(on_slurm, write_grid, tmp_
     assert left == "", f"processes outlived the job:\n{left}"
 
     lines = status_lines(grid, out, capsys)
-    assert lines[-1].startswith("total=1 done=0 failed=1"), lines
+    assert lines[-1].startswith("total=1 valid=0 failed=0 invalid=0 cancelled=1 "), lines
     if exp.summary.exists():  # the runner had time to write its verdict before SIGKILL
         summary = json.loads(exp.summary.read_text())
         assert summary["valid"] is False
