@@ -3,6 +3,7 @@
 #   make test                      install and run the test suite
 #   make models|generate|run|submit|status|analyze [EXPERIMENT=experiments/<grid>.yaml]
 #   make bench                     measure the tool itself (build/bench.json; BENCH_ARGS=--quick)
+#   make <target> ARGS="..."       pass flags and overrides to osmi-ee (e.g. ARGS="measure.duration_s=5")
 #   make clean                     remove runs/ and build/
 SHELL := /bin/bash
 EXPERIMENT ?= experiments/local.yaml
@@ -11,6 +12,7 @@ PY := $(VENV)/bin/python
 OSMI := $(PY) -m osmi_ee.ee.cli
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help install system models generate run submit status analyze demo test bench clean
@@ -22,7 +24,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@echo "installing osmi-ee and its dependencies into $(VENV) (first time: a few minutes)"
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[serve,test]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(PY) -c 'import osmi_ee.ee.cli, tensorflow_serving.apis' 2>/dev/null || { echo "install failed: see the pip output above" >&2; exit 1; }
 	@touch $(STAMP)
 
@@ -37,38 +39,39 @@ system:
 	  else echo "HAProxy is missing: install it (Debian/Ubuntu: sudo apt-get install haproxy)" >&2; exit 1; fi; }
 
 models: install
-	@$(OSMI) models --grid $(EXPERIMENT)
+	@$(OSMI) models --grid $(EXPERIMENT) $(ARGS)
 
 generate: install
-	@$(OSMI) generate --grid $(EXPERIMENT)
+	@$(OSMI) generate --grid $(EXPERIMENT) $(ARGS)
 
 run: install
-	@$(OSMI) run --grid $(EXPERIMENT)
+	@$(OSMI) run --grid $(EXPERIMENT) $(ARGS)
 
 submit: install
-	@$(OSMI) submit --grid $(EXPERIMENT)
+	@$(OSMI) submit --grid $(EXPERIMENT) $(ARGS)
 
 status: install
-	@$(OSMI) status --grid $(EXPERIMENT)
+	@$(OSMI) status --grid $(EXPERIMENT) $(ARGS)
 
 analyze: install
-	@$(OSMI) analyze --grid $(EXPERIMENT)
+	@$(OSMI) analyze --grid $(EXPERIMENT) $(ARGS)
 
 # The whole local sweep, end to end; the last line names the dataset.
 demo: install
 	@$(OSMI) models --grid $(EXPERIMENT)
-	@$(OSMI) generate --grid $(EXPERIMENT)
+	@$(OSMI) generate --grid $(EXPERIMENT) $(ARGS)
 	@$(OSMI) run --grid $(EXPERIMENT); rc=$$?; $(OSMI) analyze --grid $(EXPERIMENT) || exit $$?; exit $$rc
 
 test: install
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 # Measure the tool itself (client CPU vs bare gRPC and the OSMI-style client, start-up, RSS,
-# HAProxy efficiency, generate and analyze speed); figures in build/bench.json, the last
+# HAProxy efficiency, generate and analyze speed, accounting under load (64 clients),
+# reproducibility (one grid swept twice, osmi-ee compare)); figures in build/bench.json, the last
 # stdout line is the same JSON object. BENCH_ARGS=--quick for a smoke run.
 BENCH_ARGS ?=
 bench: install
-	@$(PY) -m osmi_ee.osmi.bench $(BENCH_ARGS)
+	@$(PY) -m osmi_ee.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf runs build .pytest_cache

@@ -1,9 +1,11 @@
-"""`osmi-analyze SWEEP_DIR`: dataset, per-configuration summary, figures and
-the HTML report for one sweep, and a summary table.
+"""`osmi-analyze SWEEP_DIR`: dataset, per-configuration summary, perf_analyzer
+CSV, figures and the HTML report for one sweep, and a summary table.
 
-Writes `dataset.csv`/`.parquet` (one row per run), `dataset_summary.csv` (one
-row per configuration, repeats with 95% CI), `plots/` and `report/index.html`
-(both skipped with --no-plots). The last stdout line is always
+The stages run once each, in order: read the results (`collect`), aggregate
+them per configuration (`aggregate`, once: everything downstream gets this
+table), write the tables, build the charts (`charts`) and save them into
+`plots/`, recommend (`recommend`) and render the report (`report`); plots and
+report are skipped with --no-plots. The last stdout line is always
 `dataset: <absolute path to dataset.csv>` so scripts (and `make analyze`) can
 pick the file up without parsing the table; `report: <path>` comes just before.
 """
@@ -19,7 +21,12 @@ from typing import Any
 
 import pandas as pd
 
-from .collect import SweepError, aggregate, collect, write_dataset, write_summary
+from osmi_ee.ee.paths import SweepPaths
+
+from .aggregate import aggregate, write_summary
+from .collect import SweepError, collect
+from .dataset import backend_columns, natural_key, write_dataset
+from .perf_analyzer import write_perf_analyzer
 
 MAX_INVALID_LISTED = 20  # keep the "invalid:" line a line, not a page
 
@@ -43,6 +50,13 @@ def _speed_cell(row: pd.Series) -> str:
     return f"{speed} ±{(high - low) / 2:,.1f}"
 
 
+def _shares_cell(row: pd.Series, backends: list[str]) -> str:
+    """Each backend's share of the requests, e.g. `0.50/0.50`; `-` without counts."""
+    counts = [row[c] for c in backends if not pd.isna(row[c])]
+    total = sum(counts)
+    return "/".join(f"{c / total:.2f}" for c in counts) if total else "-"
+
+
 def _latency_cell(row: pd.Series) -> str:
     p50, p99 = row.get("latency_p50_ms"), row.get("latency_p99_ms")
     if not row["valid"]:
@@ -62,13 +76,13 @@ def _table_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
 def format_table(df: pd.DataFrame, max_rows: int) -> list[str]:
     """Fixed-width lines: params, valid, samples/s, p50/p99 ms, shares."""
     axes = _table_columns(df)
+    backends = sorted(backend_columns(df), key=natural_key)
     header = [h for h, _ in axes] + ["valid", "samples/s (95% CI)", "p50/p99 ms", "shares"]
     body = []
     for _, row in df.head(max_rows).iterrows():
         cells = [_cell(row[c]) for _, c in axes]
         valid = "yes" if row["valid"] else ("missing" if row["status"] == "missing" else "NO")
-        cells += [valid, _speed_cell(row), _latency_cell(row),
-                  _cell(row["backend_shares"])]
+        cells += [valid, _speed_cell(row), _latency_cell(row), _shares_cell(row, backends)]
         body.append(cells)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     numeric = {h for h in header if h not in ("model", "valid", "shares", "gpu", "scenario")}
@@ -108,8 +122,9 @@ def _positive_float(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="osmi-analyze",
-        description="Collect a sweep's results into dataset.csv/.parquet and "
-        "dataset_summary.csv (one row per configuration, with the 95% CI over repeats), "
+        description="Collect a sweep's results into dataset.csv/.parquet, "
+        "dataset_summary.csv (one row per configuration, with the 95% CI over repeats) and "
+        "perf_analyzer.csv (perf_analyzer's CSV layout, one row per valid configuration), "
         "draw its figures (PNG + SVG) into SWEEP_DIR/plots/ and write the HTML report "
         "SWEEP_DIR/report/index.html with a recommended configuration per model.",
     )
@@ -125,6 +140,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _figures_and_report(df: pd.DataFrame, table: pd.DataFrame, sweep_dir: Path,
+                        slo_p99_ms: float | None) -> Path:
+    # matplotlib and Jinja2 are imported only when drawing
+    from .charts import build_charts
+    from .plots import write_plots
+    from .recommend import recommend
+    from .records import LatencySamples
+    from .report import write_report
+
+    valid = df[df["valid"].astype(bool)]["experiment_id"].astype(str).tolist()
+    charts = build_charts(df, table, LatencySamples(sweep_dir, valid))
+    plots_dir = SweepPaths(sweep_dir).plots
+    paths = write_plots(charts, plots_dir)
+    print(f"plots: {len(paths)} files in {plots_dir}")
+    return write_report(sweep_dir, df, table, charts, recommend(table, slo_p99_ms), slo_p99_ms=slo_p99_ms)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sweep_dir: Path = args.sweep_dir.resolve()
@@ -134,21 +166,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"osmi-analyze: error: {exc}", file=sys.stderr)
         return 2
     csv_path, _ = write_dataset(df, sweep_dir)
-    summary_path = write_summary(aggregate(df), sweep_dir)
+    table = aggregate(df)  # once: the summary, the figures, the recommender and the report share it
+    summary_path = write_summary(table, sweep_dir)
+    perf_path = write_perf_analyzer(table, sweep_dir)
     report_path = None
     if not args.no_plots:
-        from .plots import make_plots  # matplotlib import only when plotting
-        from .report import write_report
-
-        paths = make_plots(df, sweep_dir / "plots")
-        print(f"plots: {len(paths)} files in {sweep_dir / 'plots'}")
-        report_path = write_report(df, sweep_dir, slo_p99_ms=args.slo_p99_ms)
+        report_path = _figures_and_report(df, table, sweep_dir, args.slo_p99_ms)
     for line in format_table(df, max(0, args.rows)):
         print(line)
     bad = invalid_line(df)
     if bad:
         print(bad)
     print(f"summary: {summary_path.resolve()}")
+    print(f"perf_analyzer: {perf_path.resolve()}")
     if report_path is not None:
         print(f"report: {report_path.resolve()}")
     print(f"dataset: {csv_path.resolve()}")

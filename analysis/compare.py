@@ -1,9 +1,11 @@
 """Two sweeps of the same grid side by side: do their verdicts and intervals agree?
 
-A point measured twice should either be invalid in one run (the verdict caught a
-problem) or give overlapping 95% intervals in both. A point VALID in both runs
-whose intervals do not overlap means an interval was too narrow to be trusted:
-that should never happen, and `compare` lists each such point.
+A point is a configuration (every axis but `repeat`). Measured in two sweeps, it
+should either be invalid in one (a verdict caught a problem) or give overlapping 95%
+intervals in both: the configuration's interval, which is Student's t over its
+repeats (independent launches) or, for a single run, that run's own interval. A
+point VALID in both sweeps whose intervals do not overlap means an interval was too
+narrow to be trusted: that should never happen, and `compare` lists each such point.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import pandas as pd
 
 from osmi_ee.osmi.stats import intervals_overlap
 
-from .collect import collect, param_columns
+from .aggregate import aggregate
+from .collect import collect
+from .dataset import configuration_columns
 
 AGREE, DISAGREE, ONE_VALID, BOTH_INVALID, UNMATCHED = (
     "agree", "DISAGREE", "valid in one only", "invalid in both", "in one sweep only")
@@ -32,7 +36,9 @@ class PointComparison:
     b_ci95: tuple[float, float] | None
 
 
-def _interval(row: pd.Series) -> tuple[float, float] | None:
+def _interval(row: pd.Series | None) -> tuple[float, float] | None:
+    if row is None:
+        return None
     low, high = row.get("samples_per_s_ci95_low"), row.get("samples_per_s_ci95_high")
     if low is None or high is None or pd.isna(low) or pd.isna(high):
         return None
@@ -40,15 +46,20 @@ def _interval(row: pd.Series) -> tuple[float, float] | None:
 
 
 def _speed(row: pd.Series | None) -> float | None:
-    if row is None or pd.isna(row.get("samples_per_s")):
+    if row is None or pd.isna(row.get("samples_per_s_mean")):
         return None
-    return float(row["samples_per_s"])
+    return float(row["samples_per_s_mean"])
+
+
+def _valid(row: pd.Series) -> bool:
+    """Every repeat valid, with a speed."""
+    return bool(row["all_valid"]) and _speed(row) is not None
 
 
 def _verdict(a: pd.Series | None, b: pd.Series | None) -> str:
     if a is None or b is None:
         return UNMATCHED
-    va, vb = bool(a["valid"]), bool(b["valid"])
+    va, vb = _valid(a), _valid(b)
     if va and vb:
         ia, ib = _interval(a), _interval(b)
         if ia is None or ib is None:  # no interval: nothing claims they differ
@@ -58,19 +69,21 @@ def _verdict(a: pd.Series | None, b: pd.Series | None) -> str:
 
 
 def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> list[PointComparison]:
-    """Points matched by their parameters (every axis, repeat included)."""
-    keys = [c for c in param_columns(a) if c in set(param_columns(b))]
+    """Configurations matched by their parameters (every axis but repeat), from two datasets."""
+    agg_a, agg_b = aggregate(a), aggregate(b)
+    keys = [c for c in configuration_columns(a) if c in set(configuration_columns(b))]
 
     def key(row: pd.Series) -> str:
         return " ".join(f"{k}={row[k]}" for k in keys if not (isinstance(row[k], float) and math.isnan(row[k])))
 
-    rows_a = {key(r): r for _, r in a.iterrows()}
-    rows_b = {key(r): r for _, r in b.iterrows()}
+    rows_a = {key(r): r for _, r in agg_a.iterrows()}
+    rows_b = {key(r): r for _, r in agg_b.iterrows()}
     out = []
     for point in [*rows_a, *(k for k in rows_b if k not in rows_a)]:
         ra, rb = rows_a.get(point), rows_b.get(point)
-        out.append(PointComparison(point, _verdict(ra, rb), _speed(ra), _interval(ra) if ra is not None else None,
-                                   _speed(rb), _interval(rb) if rb is not None else None))
+        out.append(PointComparison(point, _verdict(ra, rb), _speed(ra) if ra is not None and _valid(ra) else None,
+                                   _interval(ra), _speed(rb) if rb is not None and _valid(rb) else None,
+                                   _interval(rb)))
     return out
 
 

@@ -16,27 +16,33 @@ from osmi_ee.ee.config import GridError, load_grid
 from osmi_ee.ee.outcome import ExperimentOutcome
 from osmi_ee.ee.paths import SweepPaths, default_sweep_dir
 from osmi_ee.ee.render import TemplateError
+from osmi_ee.osmi.extras import MissingExtra
 
 DEFAULT_GRID = "experiments/local.yaml"
 
 
 def _sweep_for(args: argparse.Namespace) -> tuple[SweepPaths, object]:
-    grid = load_grid(args.grid, profile_file=args.profile)
+    grid = load_grid(args.grid, profile_file=args.profile, overrides=args.overrides)
     root = Path(args.out) if args.out else default_sweep_dir(grid.name)
     return SweepPaths(root.resolve()), grid
 
 
 def _require_generated(sweep: SweepPaths) -> None:
     if not sweep.sweep.exists():
-        raise GridError(sweep.root, ["no generated sweep here; run `make generate` (osmi-ee generate) first"])
+        raise GridError(sweep.root, ["no generated sweep here; run `make generate` (osmi-ee generate) "
+                                     "first, then `make run` or `make submit`"])
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from osmi_ee.osmi.export import export_models
+    from osmi_ee.osmi.export import EXPORT_LOG, export_models
+    from osmi_ee.osmi.extras import native_stderr_to, require_serve
 
-    grid = load_grid(args.grid, profile_file=args.profile)
-    export_models(grid.axes["model"], Path(grid.serve.models_dir), samples=args.samples,
-                  epochs=args.epochs, force=args.force)
+    grid = load_grid(args.grid, profile_file=args.profile, overrides=args.overrides)
+    require_serve("osmi-ee models")
+    models_dir = Path(grid.serve.models_dir)
+    with native_stderr_to(models_dir / EXPORT_LOG):
+        export_models(grid.axes["model"], models_dir, samples=args.samples,
+                      epochs=args.epochs, force=args.force)
     return 0
 
 
@@ -44,6 +50,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from osmi_ee.ee.generate import generate
 
     sweep, grid = _sweep_for(args)
+    if args.dry_run:
+        from osmi_ee.ee.expand import expand
+
+        experiments = expand(grid)
+        axes = [a for a in grid.axes if len(grid.axes[a]) > 1] or list(grid.axes)
+        for e in experiments:
+            print(f"{e.id}  " + " ".join(f"{a}={e.params[a]}" for a in axes))
+        print(f"{len(experiments)} experiments would be written to {sweep.root} (dry run: nothing written)")
+        return 0
     experiments = generate(grid, sweep.root)
     print(f"generated {len(experiments)} experiments in {sweep.root}")
     return 0
@@ -53,6 +68,25 @@ def _run_count_key(outcome: ExperimentOutcome) -> str:
     if not outcome.skipped:
         return outcome.state
     return "skipped (valid)" if outcome.state == "valid" else "skipped (running elsewhere)"
+
+
+def unstable_note(sweep: SweepPaths, ids: list[str]) -> str | None:
+    """One line when points of this run landed unstable, with what the machine was doing."""
+    from osmi_ee.osmi.env import busy_machine_note
+
+    unstable, busy = [], []
+    for experiment_id in ids:
+        summary = sweep.experiment(experiment_id).read_summary()
+        if summary and (summary.get("measurement") or {}).get("stable") is False:
+            unstable.append(experiment_id)
+            note = busy_machine_note(summary.get("machine_load"))
+            if note:
+                busy.append(note)
+    if not unstable:
+        return None
+    why = busy[-1] if busy else "no sign of a busy machine: the serving path itself fluctuates"
+    return (f"{len(unstable)} of {len(ids)} point(s) landed unstable (their windows never agreed, so they "
+            f"carry no speed): {why}. Rerun them on a quieter machine, or widen measure.stability_tolerance.")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -67,6 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 128 + stop.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     counts = Counter(_run_count_key(o) for o in outcomes)
     print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    note = unstable_note(sweep, [o.id for o in outcomes if not o.skipped])
+    if note:
+        print(note, file=sys.stderr)
     bad = sum(counts.get(k, 0) for k in ("invalid", "failed", "cancelled", "interrupted"))
     return 0 if not bad else 3
 
@@ -108,6 +145,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from osmi_ee.analysis.cli import main as analyze_main
 
     sweep, _ = _sweep_for(args)
+    _require_generated(sweep)
+    if not any(sweep.experiment(i).summary.exists() for i in sweep.experiment_ids()):
+        print(f"osmi-ee analyze: no experiment of {sweep.root} has finished yet; run them first "
+              "(`make run` here, `make submit` on a cluster)", file=sys.stderr)
+        return 2
     extra = ["--no-plots"] if args.no_plots else []
     if args.slo_p99_ms is not None:
         extra += ["--slo-p99-ms", str(args.slo_p99_ms)]
@@ -123,11 +165,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return main_compare(args.sweep_a, args.sweep_b, as_json=args.json)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("osmi-ee")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="osmi-ee",
         description="Sweep the OSMI inference benchmark over a grid: generate experiments, run them "
                     "locally or submit them to Slurm, follow their status, analyze the results.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str, func) -> argparse.ArgumentParser:
@@ -136,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="sweep directory (default runs/<grid name>)")
         p.add_argument("--profile", metavar="PATH",
                        help="cluster profile file to use instead of the grid's `profile:`")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="override grid keys, checked like the file: measure.duration_s=5 "
+                            "experiment.batch=1,16 (recorded in sweep.json)")
         p.set_defaults(func=func)
         return p
 
@@ -144,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=100, help="synthetic training samples (default 100)")
     p.add_argument("--epochs", type=int, default=1, help="training epochs (default 1)")
     p.add_argument("--force", action="store_true", help="export again even if present")
-    add("generate", "validate the grid and write one directory per experiment", cmd_generate)
+    p = add("generate", "validate the grid and write one directory per experiment", cmd_generate)
+    p.add_argument("--dry-run", action="store_true", help="print the experiments the grid expands to; write nothing")
     p = add("run", "run the generated experiments here, one after another (no Slurm)", cmd_run)
     p.add_argument("--force", action="store_true", help="rerun experiments that are already valid")
     p = add("submit", "sbatch every experiment without a valid result or a queued job", cmd_submit)
@@ -174,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     except TemplateError as exc:
+        print(f"osmi-ee {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except MissingExtra as exc:
         print(f"osmi-ee {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C outside a run's own handling: one line, no traceback

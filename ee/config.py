@@ -12,9 +12,10 @@ checks, so the job runs exactly what was validated.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ import yaml
 
 from osmi_ee.ee.profiles import (DuplicateKeyError, Profile, ProfileError, expand_vars, load_yaml,
                                  placeholder_profile, resolve_profile)
-from osmi_ee.osmi.specs import MAX_MESSAGE_BYTES, MODEL_NAMES, MODEL_SPECS, SERVER_MAX_BATCH
+from osmi_ee.osmi.schema import MAX_MESSAGE_BYTES, SCENARIOS, SERVER_MAX_BATCH
+from osmi_ee.osmi.specs import MODEL_NAMES, MODEL_SPECS
 
 # \Z, not $: `$` also matches before a trailing newline, and a newline in a script is a command.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
@@ -46,7 +48,6 @@ MAX_SEED = 2**31 - 1  # numpy seeds must be >= 0
 AXIS_MAX = {"servers": MAX_SERVERS, "clients": MAX_CLIENTS, "batch": MAX_BATCH, "repeat": MAX_REPEAT}
 SERVER_KINDS = ("auto", "osmi", "tfserving")
 AXES = ("model", "servers", "clients", "batch", "gpu", "scenario", "rate", "repeat")  # order = id order
-SCENARIOS = ("closed", "poisson", "offline")
 
 
 class GridError(ValueError):
@@ -86,6 +87,7 @@ class Serve:
     models_dir: str = "build/models"  # exported SavedModels: <models_dir>/<model>/<version>/
     intra_op_threads: int = 0  # per server; 0 = TensorFlow's default
     startup_timeout_s: float = 180.0  # servers + balancer must be ready within this
+    balancer_threads: int = 1  # HAProxy threads: 1 is steadiest on small machines; more where it is the bottleneck
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class Grid:
     serve: Serve
     job: Job
     source: Path
+    overrides: tuple[str, ...] = ()  # command-line `key=value`s applied on top of the file
 
     def settings(self) -> dict[str, Any]:
         """The shared sections as plain data (what every config.yaml repeats)."""
@@ -196,6 +199,7 @@ _SERVE_RULES = {
                    and re.search(r"\{[A-Za-z_]\w*(?:\.\w+)+\}", v) is None,
                    "a non-empty path: one printable line, no {a.b} placeholder"),
     "intra_op_threads": (lambda v: _is_int(v) and 0 <= v <= MAX_THREADS, f"an integer from 0 to {MAX_THREADS}"),
+    "balancer_threads": (lambda v: _is_int(v) and 1 <= v <= 64, "an integer from 1 to 64"),
     "startup_timeout_s": (lambda v: _is_number(v) and 0 < v <= MAX_TIMEOUT_S,
                           f"a number > 0, at most {MAX_TIMEOUT_S:g}"),
 }
@@ -336,17 +340,61 @@ def _parse(data: Any, source: Path, scalar_axes: bool, profiles_dir: Path | None
                 job=job, source=source)
 
 
+OVERRIDE_SOURCE = "command line"
+
+
+def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
+    """The grid's data with Hydra-style `section.key=value` overrides applied, before
+    validation, so they are checked exactly like the file. A value is YAML
+    (`5`, `null`, `[1, 16]`); under `experiment.` a comma list is a list of values
+    (`experiment.batch=1,16`) and a single value a one-value axis."""
+    if not overrides:
+        return data
+    if not isinstance(data, Mapping):
+        return data  # the file's own error is reported by _parse
+    data = json.loads(json.dumps(data))  # a deep copy of plain YAML data
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.split(".")
+        if not sep or not key or not all(NAME_RE.fullmatch(p) for p in parts):
+            problems.append(f"{item!r}: an override is section.key=value, e.g. measure.duration_s=5")
+            continue
+        try:
+            if parts[0] == "experiment" and len(parts) == 2:
+                value: Any = [load_yaml(v) for v in text.split(",")] if "," in text else load_yaml(text)
+                value = value if isinstance(value, list) else [value]
+            else:
+                value = load_yaml(text)
+        except yaml.YAMLError as exc:
+            problems.append(f"{item!r}: the value is not valid YAML ({exc.problem})")
+            continue
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                problems.append(f"{item!r}: {part} is not a section")
+                break
+            node = node.setdefault(part, {})
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise GridError(OVERRIDE_SOURCE, problems)
+    return data
+
+
 def load_grid(path: Path | str, profiles_dir: Path | None = None,
-              profile_file: Path | str | None = None) -> Grid:
+              profile_file: Path | str | None = None, overrides: Sequence[str] = ()) -> Grid:
     """Reads and validates a grid file; raises GridError listing every problem.
 
     The grid's `profile:` names a file in `profiles_dir` (default slurm/profiles)
     or is inline; `profile_file` (e.g. from the command line) replaces it with
-    that file, wherever it is.
+    that file, wherever it is. `overrides` (`section.key=value`) are applied to
+    the file's data before it is validated.
     """
     source = Path(path)
-    return _parse(_read_yaml(source), source, scalar_axes=False, profiles_dir=profiles_dir,
-                  profile_file=profile_file)
+    data = apply_overrides(_read_yaml(source), overrides)
+    grid = _parse(data, source, scalar_axes=False, profiles_dir=profiles_dir, profile_file=profile_file)
+    return replace(grid, overrides=tuple(overrides))
 
 
 def load_experiment_config(path: Path | str) -> tuple[Grid, dict[str, Any], dict[str, Any]]:

@@ -213,6 +213,7 @@ def generate(grid: Grid, sweep_dir: Path, template: Path = DEFAULT_TEMPLATE,
     write_json(paths.sweep, {
         "name": grid.name,
         "grid": str(grid.source.resolve()),
+        "overrides": list(grid.overrides),  # applied on top of the grid file, in this order
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "profile": grid.profile.name,
         "axes": list(AXES),

@@ -3,7 +3,8 @@
     <sweep>/sweep.json                       the grid as validated + experiment ids
     <sweep>/jobs.json                        scheduler job ids per experiment (submit)
     <sweep>/dataset.csv|.parquet, plots/     written by analyze, with dataset_summary.csv
-    <sweep>/report/index.html                (repeats with 95% CI) and the HTML report
+    <sweep>/perf_analyzer.csv                (repeats with 95% CI), perf_analyzer's CSV layout
+    <sweep>/report/index.html                and the HTML report
     <sweep>/<id>/config.yaml                 resolved config of one experiment
     <sweep>/<id>/job.slurm                   rendered job script (runs under Slurm or bash)
     <sweep>/<id>/status                      one word: running | valid | invalid | failed | cancelled
@@ -102,6 +103,11 @@ class ExperimentPaths:
     def client_records(self, k: int) -> Path:
         return self.results / f"requests-client{k}.parquet"
 
+    def all_client_records(self) -> list[Path]:
+        """Every client's records of this attempt, in client order."""
+        return sorted(self.results.glob("requests-client*.parquet"),
+                      key=lambda p: int(p.stem.removeprefix("requests-client") or 0))
+
     def client_summary(self, k: int) -> Path:
         return self.results / f"client-{k}.json"
 
@@ -182,8 +188,26 @@ class SweepPaths:
         return self.root / "dataset.parquet"
 
     @property
+    def dataset_summary(self) -> Path:
+        """One row per configuration over its repeats."""
+        return self.root / "dataset_summary.csv"
+
+    @property
+    def perf_analyzer_csv(self) -> Path:
+        """The configurations in perf_analyzer's CSV layout."""
+        return self.root / "perf_analyzer.csv"
+
+    @property
     def plots(self) -> Path:
         return self.root / "plots"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report_index(self) -> Path:
+        return self.report / "index.html"
 
     def experiment(self, experiment_id: str) -> ExperimentPaths:
         return ExperimentPaths(self.root / experiment_id)

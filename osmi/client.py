@@ -5,12 +5,16 @@ osmi_ee.osmi.protos), inputs are made and serialized before the timed loop,
 each response is checked (dtype, shape, size) and dropped at once, so memory
 stays bounded at any batch size. The client records; it does not judge: the
 job runner computes throughput and validity from all clients' records.
+
+What a client does comes from one place, its experiment's config.yaml
+(ClientSettings.from_experiment); the command line adds only what differs per
+client or per launch: its id, the target, the runner's bound on the run, and
+`--no-barrier` for a client started by hand.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -18,21 +22,55 @@ import threading
 import time
 
 _IMPORTED_AT = time.time()
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 
-from osmi_ee.ee.paths import atomic_write, write_atomic
+from osmi_ee.ee.config import Grid, GridError, load_experiment_config
+from osmi_ee.ee.paths import ExperimentPaths, atomic_write, write_atomic, write_json
 from osmi_ee.osmi import protos
-from osmi_ee.osmi.load import RUNNERS, SCENARIOS, Issuer, Plan
-from osmi_ee.osmi.specs import (INPUT_NAME, MAX_MESSAGE_BYTES, MODEL_NAMES, OUTPUT_NAME, SIGNATURE_NAME,
-                                get_spec)
+from osmi_ee.osmi.load import RUNNERS, Issuer, Plan
+from osmi_ee.osmi.schema import BAD_RESPONSE, MAX_MESSAGE_BYTES, MEASURED, WARMUP
+from osmi_ee.osmi.specs import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME, get_spec
 
-BAD_RESPONSE = 100  # our code for "answered OK but with the wrong tensor"
-WARMUP, MEASURED = 0, 1
 INPUT_POOL = 4  # distinct request payloads, cycled, so no layer can cache one answer
+BARRIER_TIMEOUT_S = 600.0  # the runner's `go` comes once every client has warmed up
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything one client does, the same for every client of an experiment. No
+    defaults here: they are the grid's (ee.config.Measure), resolved in config.yaml."""
+
+    model: str
+    batch: int
+    scenario: str  # schema.SCENARIOS
+    streams: int  # closed loop: requests in flight
+    rate: float | None  # poisson: requests/s from this client
+    requests: int | None  # measured requests ...
+    duration_s: float | None  # ... or measure for this long instead
+    warmup: int  # requests before the measured window (never counted) ...
+    warmup_s: float  # ... and warm up for at least this long
+    timeout_s: float  # deadline of one request
+    seed: int  # input data (client k adds its own offset)
+
+    @classmethod
+    def from_experiment(cls, grid: Grid, params: dict[str, Any]) -> ClientSettings:
+        """From an experiment's config: its axis values and `measure` section."""
+        m = grid.measure
+        rate = params["rate"] / params["clients"] if params["rate"] else None  # the grid's is for all clients
+        return cls(model=params["model"], batch=params["batch"], scenario=params["scenario"],
+                   streams=m.streams, rate=rate, requests=m.requests, duration_s=m.duration_s,
+                   warmup=m.warmup_requests, warmup_s=m.warmup_s, timeout_s=m.timeout_s, seed=m.seed)
+
+    def bounded(self, requests: int | None = None, duration_s: float | None = None) -> ClientSettings:
+        """The same with the runner's bound (a count or a time) in place of the config's."""
+        if requests is None and duration_s is None:
+            return self
+        return replace(self, requests=requests, duration_s=duration_s)
 
 
 @dataclass
@@ -171,15 +209,19 @@ def wait_for_go(barrier: Path, client: int, timeout_s: float) -> float:
     return start
 
 
-def run_client(args: argparse.Namespace) -> dict:
-    payloads = build_requests(args.model, args.batch, args.seed + 7919 * args.client_id)
-    checker = ResponseChecker(args.model, args.batch)
+def run_client(settings: ClientSettings, client_id: int, target: str, records_path: Path,
+               barrier: Path | None) -> dict[str, Any]:
+    """Warm up, wait for the runner's `go` in `barrier` (None: start at once), load,
+    write every request to `records_path`; returns this client's summary."""
+    s = settings
+    payloads = build_requests(s.model, s.batch, s.seed + 7919 * client_id)
+    checker = ResponseChecker(s.model, s.batch)
     options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-    channel = grpc.insecure_channel(args.target, options=options)
+    channel = grpc.insecure_channel(target, options=options)
     # No (de)serializers: we send prebuilt bytes and parse the answer ourselves.
     predict = channel.unary_unary(protos.PREDICT_METHOD)
-    records = Records(capacity=args.warmup + (args.requests or 1024))
+    records = Records(capacity=s.warmup + (s.requests or 1024))
     lock = threading.Lock()
     errors: dict[str, dict] = {}
     warmup_failed = 0
@@ -208,7 +250,7 @@ def run_client(args: argparse.Namespace) -> dict:
 
     def send(i: int, scheduled_ns: int, done) -> None:
         delay = time.perf_counter_ns() - scheduled_ns
-        future = predict.future(payloads[i % len(payloads)], timeout=args.timeout_s)
+        future = predict.future(payloads[i % len(payloads)], timeout=s.timeout_s)
 
         def finished(f) -> None:
             record(MEASURED, scheduled_ns, *outcome(f), delay)
@@ -218,25 +260,26 @@ def run_client(args: argparse.Namespace) -> dict:
 
     startup_s = time.time() - _process_start_s()  # interpreter start to first request
     try:
-        warm_end = time.perf_counter_ns() + int(args.warmup_s * 1e9)
+        warm_end = time.perf_counter_ns() + int(s.warmup_s * 1e9)
         i = 0
-        while i < args.warmup or time.perf_counter_ns() < warm_end:
+        while i < s.warmup or time.perf_counter_ns() < warm_end:
             t0 = time.perf_counter_ns()
             try:
-                code, message = outcome(predict(payloads[i % len(payloads)], timeout=args.timeout_s))
+                code, message = outcome(predict(payloads[i % len(payloads)], timeout=s.timeout_s))
             except grpc.RpcError as exc:
                 code, message = exc.code().value[0], str(exc.code().name)
             record(WARMUP, t0, code, message)
             i += 1
-        go = wait_for_go(Path(args.barrier), args.client_id, args.barrier_timeout_s) if args.barrier else time.time()
+        go = wait_for_go(barrier, client_id, BARRIER_TIMEOUT_S) if barrier else time.time()
         start_ns = perf0 + int(go * 1e9) - wall0
-        plan = Plan(args.scenario, args.streams, args.requests, args.duration_s, args.rate,
-                    args.seed + args.client_id, stop_file=args.stop_file)
+        # The runner's window loop ends the run early through this file.
+        plan = Plan(s.scenario, s.streams, s.requests, s.duration_s, s.rate, s.seed + client_id,
+                    stop_file=str(barrier / "stop") if barrier else None)
         issuer = Issuer(send)
         # Process CPU (all threads) spent generating load: the client's own cost per request.
         cpu0 = time.process_time()
-        RUNNERS[args.scenario](issuer, plan, start_ns)
-        if not issuer.wait_idle(args.timeout_s + 30):
+        RUNNERS[s.scenario](issuer, plan, start_ns)
+        if not issuer.wait_idle(s.timeout_s + 30):
             raise TimeoutError("requests still in flight after their deadline")
         cpu_s = time.process_time() - cpu0
     finally:
@@ -246,13 +289,13 @@ def run_client(args: argparse.Namespace) -> dict:
     measured = records.phase[:n] == MEASURED
     codes = records.code[:n][measured]
     summary = {
-        "client": args.client_id,
-        "target": args.target,
-        "model": args.model,
-        "batch": args.batch,
-        "scenario": args.scenario,
-        "streams": args.streams,
-        "rate": args.rate,
+        "client": client_id,
+        "target": target,
+        "model": s.model,
+        "batch": s.batch,
+        "scenario": s.scenario,
+        "streams": s.streams,
+        "rate": s.rate,
         "warmup_sent": int((~measured).sum()),
         "warmup_failed": warmup_failed,
         "sent": int(measured.sum()),
@@ -266,65 +309,73 @@ def run_client(args: argparse.Namespace) -> dict:
     order = np.argsort(records.start_ns[:n], kind="stable")  # callbacks finish out of order
     for name in Records.COLUMNS:
         getattr(records, name)[:n] = getattr(records, name)[:n][order]
-    records.write_parquet(Path(args.records), args.client_id)
+    records.write_parquet(records_path, client_id)
     return summary
+
+
+def client_argv(config: Path, target: str, *, client_id: int | None = None, requests: int | None = None,
+                duration_s: float | None = None, barrier: bool = True) -> list[str]:
+    """The command line of one client; without `client_id`, of every task of an srun
+    step (each takes its SLURM_PROCID)."""
+    argv = [sys.executable, "-m", "osmi_ee.osmi.client", f"--config={config}"]
+    if client_id is not None:
+        argv.append(f"--client-id={client_id}")
+    argv.append(f"--target={target}")
+    if requests is not None:
+        argv.append(f"--requests={requests}")
+    if duration_s is not None:
+        argv.append(f"--duration-s={duration_s}")
+    if not barrier:
+        argv.append("--no-barrier")
+    return argv
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="osmi-client",
-        description="OSMI load generator: closed-loop TF-Serving Predict calls with per-request records.")
+        description="OSMI load generator: TF-Serving Predict calls with per-request records. What it "
+                    "sends (model, batch, scenario, streams, rate, warm-up, deadline, seed, bound) comes "
+                    "from the experiment's config.yaml (its experiment and measure sections); records go "
+                    "to results/requests-client<k>.parquet and the summary to results/client-<k>.json "
+                    "beside it.")
+    parser.add_argument("--config", required=True, type=Path, help="the experiment's generated config.yaml")
     parser.add_argument("--target", required=True, help="host:port of the balancer or a model server")
-    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
-    parser.add_argument("--batch", type=int, default=1, help="samples per request (default 1)")
-    parser.add_argument("--scenario", choices=SCENARIOS, default="closed",
-                        help="closed: --streams in flight; poisson: open loop at --rate; offline: all at once")
-    parser.add_argument("--streams", type=int, default=1, help="closed loop: requests in flight (default 1)")
-    parser.add_argument("--rate", type=float, help="poisson: requests per second sent by this client")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--requests", type=int, default=None, help="measured requests (default 100)")
-    group.add_argument("--duration-s", type=float, default=None, help="measure for this many seconds instead")
-    parser.add_argument("--warmup", type=int, default=5, help="requests before the measured window (not counted)")
-    parser.add_argument("--warmup-s", type=float, default=0.0, help="... and warm up for at least this long")
-    parser.add_argument("--timeout-s", type=float, default=60.0, help="deadline of one request")
     parser.add_argument("--client-id", type=int, default=None,
                         help="this client's number (default: $SLURM_PROCID under srun, else 0)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--records", required=True, help="per-request records (Parquet) to write")
-    parser.add_argument("--summary", help="client summary (JSON) to write; default: print it")
-    parser.add_argument("--barrier", help="folder to report ready in and wait for a `go` file (job runner)")
-    parser.add_argument("--barrier-timeout-s", type=float, default=600.0)
-    parser.add_argument("--stop-file", help="end a --duration-s run early once this file exists")
+    bound = parser.add_mutually_exclusive_group()
+    bound.add_argument("--requests", type=int, default=None,
+                       help="measured requests, in place of the config's (the runner's bound)")
+    bound.add_argument("--duration-s", type=float, default=None,
+                       help="measure for this many seconds instead (the runner ends it earlier "
+                            "through results/barrier/stop)")
+    parser.add_argument("--no-barrier", action="store_true",
+                        help="start at once instead of waiting for the runner's go file in results/barrier/")
     args = parser.parse_args(argv)
     if args.client_id is None:
         args.client_id = int(os.environ.get("SLURM_PROCID", "0"))
-    # One command line for all srun tasks: {k} in a path is the client's number.
-    args.records = args.records.replace("{k}", str(args.client_id))
-    if args.summary:
-        args.summary = args.summary.replace("{k}", str(args.client_id))
-    if args.requests is None and args.duration_s is None:
-        args.requests = 100
-    if args.batch < 1 or (args.requests is not None and args.requests < 1) or args.warmup < 0:
-        parser.error("--batch and --requests must be >= 1, --warmup >= 0")
-    if args.streams < 1:
-        parser.error("--streams must be >= 1")
-    if args.scenario == "poisson" and not (args.rate and args.rate > 0):
-        parser.error("--scenario poisson needs --rate > 0")
+    if args.client_id < 0 or (args.requests is not None and args.requests < 1) \
+            or (args.duration_s is not None and not args.duration_s > 0):
+        parser.error("--client-id must be >= 0, --requests >= 1, --duration-s > 0")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        summary = run_client(args)
+        grid, params, _ = load_experiment_config(args.config)
+    except GridError as exc:
+        print(f"osmi-client: {exc}", file=sys.stderr)
+        return 2
+    settings = ClientSettings.from_experiment(grid, params).bounded(args.requests, args.duration_s)
+    paths = ExperimentPaths(args.config.resolve().parent)
+    k = args.client_id
+    try:
+        summary = run_client(settings, k, args.target, paths.client_records(k),
+                             None if args.no_barrier else paths.barrier)
     except (TimeoutError, OSError) as exc:
-        print(f"osmi-client {args.client_id}: {exc}", file=sys.stderr)
+        print(f"osmi-client {k}: {exc}", file=sys.stderr)
         return 1
-    text = json.dumps(summary, indent=2) + "\n"
-    if args.summary:
-        write_atomic(Path(args.summary), text)
-    else:
-        sys.stdout.write(text)
+    write_json(paths.client_summary(k), summary)
     return 0
 
 

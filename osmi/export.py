@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from osmi_ee.ee.paths import current_umask
+from osmi_ee.osmi.extras import native_stderr_to, require_serve
 from osmi_ee.osmi.model_config import render_model_config
 from osmi_ee.osmi.specs import (
     INPUT_NAME,
@@ -54,10 +55,14 @@ class ExportResult:
     size_bytes: int
 
 
+EXPORT_LOG = "export.log"  # TensorFlow's native start-up noise, kept out of the console
+
+
 def _import_tf() -> Any:
     # Must be set before TensorFlow's first import to quiet its C++ logging;
     # setdefault keeps a caller's explicit choice.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    require_serve("training and exporting models")
     import tensorflow as tf
 
     return tf
@@ -329,16 +334,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # bad arguments: exit 2, nothing written
-    export_models(
-        args.models,
-        args.out,
-        version=args.version,
-        samples=args.samples,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        force=args.force,
-    )
+    with native_stderr_to(Path(args.out) / EXPORT_LOG):
+        export_models(
+            args.models,
+            args.out,
+            version=args.version,
+            samples=args.samples,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            force=args.force,
+        )
     config = Path(args.out) / MODEL_CONFIG_NAME
     print(f"model config: {config.resolve()}")
     return 0

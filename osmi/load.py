@@ -19,8 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCENARIOS = ("closed", "poisson", "offline")
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -154,4 +152,4 @@ def run_offline(issuer: Issuer, plan: Plan, start_ns: int) -> None:
         issuer.issue(start_ns)
 
 
-RUNNERS = {"closed": run_closed, "poisson": run_poisson, "offline": run_offline}
+RUNNERS = {"closed": run_closed, "poisson": run_poisson, "offline": run_offline}  # keys: schema.SCENARIOS

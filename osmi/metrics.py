@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from osmi_ee.osmi.schema import MEASURED
 from osmi_ee.osmi.stats import batch_means_ci
 
-MEASURED = 1
 PERCENTILES = (50, 90, 99)
 MIN_TAIL = 10  # requests that must lie beyond a reported quantile
 CI_BATCHES = 10  # sub-windows (batch means) behind one run's throughput interval

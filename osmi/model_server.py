@@ -42,7 +42,8 @@ import numpy as np
 
 from osmi_ee.osmi.server_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from osmi_ee.osmi.server_metrics import format_request_counts, parse_monitoring_config
-from osmi_ee.osmi.specs import MAX_MESSAGE_BYTES, SERVER_MAX_BATCH
+from osmi_ee.osmi.extras import MissingExtra, require_serve
+from osmi_ee.osmi.schema import MAX_MESSAGE_BYTES, SERVER_MAX_BATCH
 
 log = logging.getLogger("osmi-model-server")
 
@@ -842,7 +843,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.enable(file=sys.stderr, all_threads=True)
     threading.excepthook = _log_thread_exception
     try:
+        require_serve("osmi-model-server")
         return serve(args, shutdown)
+    except MissingExtra as exc:
+        log.error("%s", exc)
+        return 1
     except StartupError as exc:
         log.error("%s", exc)
         return 1

@@ -13,8 +13,6 @@ from math import prod
 INPUT_NAME = "inputs"  # the SavedModel signature's input key (OSMI-Bench's name)
 OUTPUT_NAME = "outputs"  # the signature's output key (we set it; Keras 3 would say output_0)
 SIGNATURE_NAME = "serving_default"
-MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's ceiling, on both ends; large_tcnn batches exceed the 4 MiB default
-SERVER_MAX_BATCH = 1024  # osmi-model-server's default --max_batch: twice the largest batch we ship
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,16 @@ import pandas as pd
 import pytest
 
 from osmi_ee.analysis import cli
-from osmi_ee.analysis.collect import (
-    MISSING_REASON,
-    SweepError,
-    collect,
-    load_dataset,
-    write_dataset,
-)
-from osmi_ee.analysis.plots import FIGURES, make_plots
+from osmi_ee.analysis.aggregate import aggregate
+from osmi_ee.analysis.collect import MISSING_REASON, SweepError, collect
+from osmi_ee.analysis.dataset import backend_columns, write_dataset
+from osmi_ee.analysis.plots import make_plots
+from osmi_ee.osmi.stats import mean_ci
 
 AXES = ["model", "servers", "clients", "batch", "gpu", "repeat"]
+# Always in plots/ (a message figure when there is nothing to draw).
+CORE_FIGURES = ("latency_vs_throughput", "throughput_vs_clients", "throughput_vs_batch",
+                "latency_vs_clients", "backend_shares")
 
 
 def exp_id(p: dict[str, Any]) -> str:
@@ -151,8 +151,8 @@ def test_missing_summary_row_uses_config_params(sweep: dict[str, str]) -> None:
 def test_metric_and_share_columns(sweep: dict[str, str]) -> None:
     df = collect(sweep["dir"])
     skew = row(df, sweep["skewed"])
-    assert skew["backend_requests"] == "201/199"
-    assert skew["backend_shares"] == "0.50/0.50"
+    assert (skew["backend_s0_requests"], skew["backend_s1_requests"], skew["backend_count"]) == (201, 199, 2)
+    assert df["backend_s0_requests"].dtype == "Int64"
     assert skew["backend_share_min"] == pytest.approx(199 / 400)
     assert skew["backend_share_max"] == pytest.approx(201 / 400)
     assert (skew["sent"], skew["ok"], skew["failed"]) == (400, 400, 0)
@@ -162,7 +162,8 @@ def test_metric_and_share_columns(sweep: dict[str, str]) -> None:
             skew["latency_mean_ms"]) == (23.0, 30.2, 41.0, 24.1)
     assert skew["server_kind"] == "osmi-model-server"
     single = df[(df["servers"] == 1) & df["valid"]]
-    assert (single["backend_shares"] == "1.00").all()
+    assert (single["backend_count"] == 1).all() and single["backend_s1_requests"].isna().all()
+    assert "backend_requests" not in df.columns and "backend_shares" not in df.columns
 
 
 def test_backends_sort_naturally(tmp_path: Path) -> None:
@@ -173,7 +174,9 @@ def test_backends_sort_naturally(tmp_path: Path) -> None:
     eid = write_experiment(sweep, p, summary(p, backends=backends))
     (sweep / "sweep.json").write_text(json.dumps({"axes": AXES, "experiments": [eid]}))
     df = collect(sweep)
-    assert df.loc[0, "backend_requests"] == "/".join(str(i + 1) for i in range(11))
+    cols = backend_columns(df)
+    assert cols == [f"backend_s{i}_requests" for i in range(11)]
+    assert [int(df.loc[0, c]) for c in cols] == [i + 1 for i in range(11)]
 
 
 def test_extra_params_become_columns_and_unreadable_summary_is_a_row(tmp_path: Path) -> None:
@@ -208,15 +211,13 @@ def test_csv_and_parquet_written_and_equal(sweep: dict[str, str]) -> None:
     csv_path, parquet_path = write_dataset(df, sweep["dir"])
     assert csv_path == Path(sweep["dir"]) / "dataset.csv"
     assert parquet_path == Path(sweep["dir"]) / "dataset.parquet"
-    from_csv = load_dataset(csv_path)
-    from_parquet = load_dataset(parquet_path)
-    pd.testing.assert_frame_equal(from_csv, from_parquet)
-    pd.testing.assert_frame_equal(from_parquet, df)
-    # Raw CSV (no helper): same ids, and the invalid run has an empty throughput cell.
+    pd.testing.assert_frame_equal(pd.read_parquet(parquet_path), df)  # Parquet keeps the dtypes
+    # Raw CSV: same ids and columns, and the invalid run has an empty throughput cell.
     raw = pd.read_csv(csv_path)
+    assert list(raw.columns) == list(df.columns)
     assert raw["experiment_id"].tolist() == df["experiment_id"].tolist()
-    assert raw.set_index("experiment_id").loc[sweep["invalid"], "samples_per_s"] != 9999.0
     assert math.isnan(raw.set_index("experiment_id").loc[sweep["invalid"], "samples_per_s"])
+    assert raw["backend_s1_requests"].dropna().tolist() == df["backend_s1_requests"].dropna().tolist()
     # No temp files left behind by the atomic writes.
     assert not list(Path(sweep["dir"]).glob(".*tmp"))
 
@@ -228,8 +229,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def check_figures(paths: list[Path], out_dir: Path) -> None:
-    expected = {out_dir / f"{stem}.{fmt}" for stem in FIGURES for fmt in ("png", "svg")}
-    assert set(paths) == expected
+    stems = {p.stem for p in paths}
+    assert set(CORE_FIGURES) <= stems
+    assert set(paths) == {out_dir / f"{stem}.{fmt}" for stem in stems for fmt in ("png", "svg")}
     for path in paths:
         data = path.read_bytes()
         assert len(data) > 1000, path
@@ -243,19 +245,24 @@ def test_plots_written(sweep: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "plots"
     paths = make_plots(collect(sweep["dir"]), out)
     check_figures(paths, out)
+    assert {"scaling", "heatmap"} <= {p.stem for p in paths}  # servers 1/2 twins; batch × clients
     svg = (out / "throughput_vs_clients.svg").read_text()
     assert "throughput (samples/s)" in svg and "small_lstm" in svg
     assert "no valid runs" not in svg
+    assert "95% confidence interval" in svg  # the two repeats have an interval
+    assert "min–max" not in svg
     shares = (out / "backend_shares.svg").read_text()
-    assert "servers=2" in shares and "fair share" in shares
+    assert "N=2 backends" in shares and "fair share" in shares
 
 
 def test_plots_without_valid_runs_say_so(sweep: dict[str, str], tmp_path: Path) -> None:
     df = collect(sweep["dir"])
     df = df[~df["valid"]].reset_index(drop=True)
     out = tmp_path / "plots"
-    check_figures(make_plots(df, out), out)
-    for stem in ("throughput_vs_clients", "throughput_vs_batch", "latency_vs_clients"):
+    paths = make_plots(df, out)
+    check_figures(paths, out)
+    assert {p.stem for p in paths} == set(CORE_FIGURES)
+    for stem in ("throughput_vs_clients", "throughput_vs_batch", "latency_vs_clients", "latency_vs_throughput"):
         assert "no valid runs" in (out / f"{stem}.svg").read_text()
 
 
@@ -264,6 +271,15 @@ def test_plots_of_empty_dataset(sweep: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "plots"
     check_figures(make_plots(df, out), out)
     assert "more than one server" in (out / "backend_shares.svg").read_text()
+
+
+def test_stale_pages_are_removed(sweep: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "plots"
+    out.mkdir()
+    (out / "throughput_vs_clients-7.png").write_bytes(PNG_MAGIC)  # from a bigger, older sweep
+    (out / "notes.txt").write_text("mine")
+    make_plots(collect(sweep["dir"]), out)
+    assert not (out / "throughput_vs_clients-7.png").exists() and (out / "notes.txt").exists()
 
 
 # --------------------------------------------------------------------------
@@ -280,6 +296,8 @@ def test_cli_writes_everything_and_ends_with_dataset_line(
     assert lines[-1] == f"dataset: {csv_path}"
     assert csv_path.is_file() and csv_path.with_suffix(".parquet").is_file()
     check_figures(sorted((Path(sweep["dir"]) / "plots").iterdir()), Path(sweep["dir"]) / "plots")
+    assert (Path(sweep["dir"]) / "perf_analyzer.csv").is_file()
+    assert f"perf_analyzer: {(Path(sweep['dir']) / 'perf_analyzer.csv').resolve()}" in lines
     header = next(line for line in lines if line.startswith("model"))
     for col in ("servers", "clients", "batch", "valid", "samples/s", "p50/p99 ms", "shares"):
         assert col in header
@@ -323,15 +341,14 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "SWEEP_DIR" in capsys.readouterr().out
 
 
-def test_repeats_average_with_min_max(sweep: dict[str, str]) -> None:
-    from osmi_ee.analysis.plots import _aggregate
-
-    df = collect(sweep["dir"])
-    valid = df[df["valid"]]
-    agg = _aggregate(valid, ["model", "batch", "servers", "clients"], "samples_per_s")
-    point = agg[(agg["servers"] == 2) & (agg["clients"] == 4) & (agg["batch"] == 16)].iloc[0]
-    # repeat 1: 4000, repeat 2: 4200; the invalid 9999 run is not in `valid`.
-    assert (point["mean"], point["min"], point["max"], point["n"]) == (4100.0, 4000.0, 4200.0, 2)
+def test_repeats_average_with_their_interval(sweep: dict[str, str]) -> None:
+    table = aggregate(collect(sweep["dir"]))
+    point = table[(table["servers"] == 2) & (table["clients"] == 4) & (table["batch"] == 16)].iloc[0]
+    # repeat 1: 4000, repeat 2: 4200; the invalid 9999 run (clients 8) is another configuration.
+    mean, std, low, high = mean_ci([4000.0, 4200.0])
+    assert (point["samples_per_s_mean"], point["n"], point["n_runs"]) == (4100.0, 2, 2)
+    assert (point["samples_per_s_ci95_low"], point["samples_per_s_ci95_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert point["samples_per_s_std"] == pytest.approx(std)
 
 
 def test_svg_output_is_reproducible(sweep: dict[str, str], tmp_path: Path) -> None:

@@ -10,21 +10,21 @@ import re
 from pathlib import Path
 from typing import Any
 
+import markupsafe
 import numpy as np
 import pandas as pd
 import pytest
 
 from osmi_ee.analysis import cli
-from osmi_ee.analysis.collect import (
-    aggregate,
-    collect,
-    cost_per_million_samples,
-    load_dataset,
-    mean_ci,
-    t_quantile,
-    write_dataset,
-)
-from osmi_ee.analysis.report import _pages, MAX_PAGES, MAX_PANELS, recommend, write_report
+from osmi_ee.analysis.aggregate import aggregate
+from osmi_ee.analysis.charts import build_charts
+from osmi_ee.analysis.collect import collect
+from osmi_ee.analysis.dataset import cost_per_million_samples, write_dataset
+from osmi_ee.analysis.panels import MAX_PAGES, MAX_PANELS, pages
+from osmi_ee.analysis.recommend import recommend as recommend_table
+from osmi_ee.analysis.records import LatencySamples
+from osmi_ee.analysis.report import write_report
+from osmi_ee.osmi.stats import mean_ci, t_quantile
 
 AXES = ["model", "servers", "clients", "batch", "gpu", "scenario", "rate", "repeat"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -47,6 +47,7 @@ def config_yaml(p: dict[str, Any]) -> str:
         lines += [f"    {gpu}:", "      gres: ''", f"      price_per_gpu_hour: {price(gpu)}"]
     lines.append("experiment:")
     lines += [f"  {k}: {'null' if v is None else v}" for k, v in p.items()]
+    lines += ["measure:", "  streams: 1", "  min_backend_share: 0.5"]
     return "\n".join(lines) + "\n"
 
 
@@ -164,8 +165,21 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     df = collect(sweep)
     (sweep / "report").mkdir()
     (sweep / "report" / "fig-stale.png").write_bytes(PNG_MAGIC)  # from an older run
-    index = write_report(df, sweep)
+    index = report(df, sweep)
     return {**ids, "df": df, "index": index, "html": index.read_text()}
+
+
+def recommend(df: pd.DataFrame, slo_p99_ms: float | None = None) -> dict[Any, dict[str, Any]]:
+    """The recommender on the aggregate of a dataset, as osmi-analyze runs it."""
+    return recommend_table(aggregate(df), slo_p99_ms)
+
+
+def report(df: pd.DataFrame, sweep: Path, slo_p99_ms: float | None = None) -> Path:
+    """Every stage after collect, as osmi-analyze runs them (without plots/)."""
+    table = aggregate(df)
+    valid = df[df["valid"]]["experiment_id"].tolist()
+    charts = build_charts(df, table, LatencySamples(sweep, valid))
+    return write_report(sweep, df, table, charts, recommend_table(table, slo_p99_ms), slo_p99_ms=slo_p99_ms)
 
 
 def row(df: pd.DataFrame, eid: str) -> pd.Series:
@@ -181,12 +195,12 @@ def test_new_columns(built: dict[str, Any]) -> None:
     r = row(df, built["repeats"][0])
     assert r["price_per_gpu_hour"] == 2.0
     assert r["cost_per_million_samples"] == pytest.approx(2.0 * 1 / 3600 / 1000.0 * 1e6)
-    assert r["server_cpu_percent_mean"] == 90.0 and r["server_rss_mb_max"] == 600.0
+    assert r["server_cpu_percent_mean"] == 90.0 and r["server_rss_mib_max"] == 600.0
     assert r["gpu_util_percent_mean"] == 80.0 and r["gpu_power_w_mean"] == 300.0
     assert r["energy_j_per_sample"] == 0.25
     assert r["stable"] is True or r["stable"] == True  # noqa: E712 (pandas BooleanDtype)
     two = row(df, built["unstable"])
-    assert two["server_cpu_percent_mean"] == 95.0 and two["server_rss_mb_max"] == 601.0
+    assert two["server_cpu_percent_mean"] == 95.0 and two["server_rss_mib_max"] == 601.0
     assert two["stable"] == False  # noqa: E712
     assert two["cost_per_million_samples"] == pytest.approx(2.0 * 2 / 3600 / 700.0 * 1e6)
     # Not measured is NA/NaN, never 0.
@@ -210,10 +224,9 @@ def test_new_columns(built: dict[str, Any]) -> None:
 
 def test_new_columns_round_trip(built: dict[str, Any], tmp_path: Path) -> None:
     df = built["df"]
-    csv_path, parquet_path = write_dataset(df, tmp_path)
+    _, parquet_path = write_dataset(df, tmp_path)
     assert df["stable"].dtype == "boolean"
-    pd.testing.assert_frame_equal(load_dataset(csv_path), df)
-    pd.testing.assert_frame_equal(load_dataset(parquet_path), df)
+    pd.testing.assert_frame_equal(pd.read_parquet(parquet_path), df)
 
 
 def test_cost_formula_edge_cases() -> None:
@@ -349,8 +362,9 @@ def test_report_images_exist_and_are_png(built: dict[str, Any]) -> None:
         data = (report_dir / html.unescape(src)).read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_MAGIC), src
     assert sorted(p.name for p in report_dir.glob("*.png")) == sorted(set(srcs))  # stale one removed
-    for name in ("throughput-vs-clients", "throughput-vs-rate", "scaling", "latency-vs-clients",
-                 "latency-vs-rate", "latency-cdf", "heatmap", "backend-shares", "energy"):
+    for name in ("latency_vs_throughput", "throughput_vs_clients", "throughput_vs_rate", "scaling",
+                 "latency_vs_clients", "latency_vs_rate", "latency_cdf", "heatmap", "backend_shares",
+                 "energy"):
         assert any(name in s for s in srcs), name
 
 
@@ -365,7 +379,7 @@ def test_invalid_run_only_in_invalid_table(built: dict[str, Any]) -> None:
     invalid = table(page, "invalid-runs")
     bad = built["invalid"]
     assert bad in invalid and built["missing"] in invalid
-    assert html.escape(BAD_REASON) in invalid
+    assert str(markupsafe.escape(BAD_REASON)) in invalid
     assert "backend s1 got 0.0% of the requests" in invalid
     assert "<script>" not in page  # escaped everywhere
     assert page.count(bad) == invalid.count(bad)  # nowhere else: no speed, no figure label
@@ -392,10 +406,10 @@ def test_report_tables(built: dict[str, Any]) -> None:
 
 
 def test_panel_paging_is_bounded() -> None:
-    pages, omitted = _pages(list(range(100)))
-    assert len(pages) == MAX_PAGES and all(len(p) <= MAX_PANELS for p in pages)
+    cut, omitted = pages(list(range(100)))
+    assert len(cut) == MAX_PAGES and all(len(p) <= MAX_PANELS for p in cut)
     assert omitted == 100 - MAX_PAGES * MAX_PANELS
-    assert _pages([1, 2]) == ([[1, 2]], 0)
+    assert pages([1, 2]) == ([[1, 2]], 0)
 
 
 # --------------------------------------------------------------------------
@@ -453,7 +467,7 @@ def test_cli_rejects_bad_slo(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_report_without_valid_runs(built: dict[str, Any], tmp_path: Path) -> None:
     df = built["df"]
-    index = write_report(df[~df["valid"]].reset_index(drop=True), tmp_path)
+    index = report(df[~df["valid"]].reset_index(drop=True), tmp_path)
     page = index.read_text()
     assert "No valid runs" in page and "nothing to recommend" in page
     assert built["invalid"] in table(page, "invalid-runs")

@@ -98,7 +98,7 @@ def test_killed_clients_earlier_records_are_not_counted(write_grid, tmp_path, mo
         while not (exp.barrier / "go").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)
-        pids = subprocess.run(["pgrep", "-f", "--", f"--summary={exp.client_summary(1)}"],
+        pids = subprocess.run(["pgrep", "-f", "--", f"{exp.root.name}/config.yaml --client-id=1 "],
                               capture_output=True, text=True).stdout.split()
         if pids:
             subprocess.run(["kill", "-9", *pids])

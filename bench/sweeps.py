@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-LOAD_CLIENTS, LOAD_SERVERS, LOAD_SECONDS = 64, 2, 60.0
+LOAD_CLIENTS, LOAD_SERVERS, LOAD_SECONDS = 64, 2, 60.0  # common.Sizes: fewer with --quick
 REPRO_AXES = {"model": ["small_lstm"], "servers": [1], "clients": [1, 4], "batch": [1, 16]}
 
 

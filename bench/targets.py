@@ -1,0 +1,70 @@
+"""What the bench's figures are held against, and what each figure means."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TARGETS = {  # the bounds targets_met checks
+    "client_vs_raw": 1.3,  # client CPU/request <= 1.3 x raw
+    "client_vs_anchor": 1 / 3,  # client CPU/request <= 1/3 x anchor
+    "lb_efficiency": 0.95,
+    "generate_10k_s": 5.0,
+    "analyze_s": 30.0,
+    "startup_s": 0.5,
+    "rss_mb": 150.0,
+}
+
+
+def targets_met(r: dict[str, Any]) -> dict[str, bool]:
+    """Each target whose figures this run measured: met or not."""
+    checks = {  # name -> (figures it needs, test)
+        "client_le_1.3x_raw": (("client_cpu_us_per_req", "raw_cpu_us_per_req"),
+                               lambda: r["client_cpu_us_per_req"] <= TARGETS["client_vs_raw"] * r["raw_cpu_us_per_req"]),
+        "client_le_third_of_anchor": (("client_cpu_us_per_req", "anchor_cpu_us_per_req"),
+                                      lambda: r["client_cpu_us_per_req"]
+                                      <= TARGETS["client_vs_anchor"] * r["anchor_cpu_us_per_req"]),
+        "client_le_third_of_anchor_at_payload": (
+            ("client_cpu_us_per_req_payload", "anchor_cpu_us_per_req_payload"),
+            lambda: r["client_cpu_us_per_req_payload"]
+            <= TARGETS["client_vs_anchor"] * r["anchor_cpu_us_per_req_payload"]),
+        "lb_efficiency_ge_0.95": (("lb_efficiency",), lambda: r["lb_efficiency"] >= TARGETS["lb_efficiency"]),
+        "generate_10k_lt_5s": (("generate_perms_per_s",),
+                               lambda: 10_000 / r["generate_perms_per_s"] < TARGETS["generate_10k_s"]),
+        "analyze_lt_30s": (("analyze_s_63M",), lambda: r["analyze_s_63M"] < TARGETS["analyze_s"]),
+        "startup_lt_0.5s": (("client_startup_s",), lambda: r["client_startup_s"] < TARGETS["startup_s"]),
+        "rss_lt_150mb": (("client_rss_mb",), lambda: r["client_rss_mb"] < TARGETS["rss_mb"]),
+        "load_every_request_accounted": (("load_every_request_accounted",),
+                                         lambda: r["load_every_request_accounted"]),
+        "repro_no_disagreement": (("repro_counts",), lambda: r["repro_counts"]["DISAGREE"] == 0),
+    }
+    # bool(): numpy comparisons give numpy bools, which JSON cannot write
+    return {name: bool(test()) for name, (needs, test) in checks.items() if all(k in r for k in needs)}
+
+
+def notes(r: dict[str, Any]) -> dict[str, str]:
+    """What each figure is, in words (JSON has no comments)."""
+    out = {
+        "cpu": "client, raw and anchor CPU per request are each the least disturbed (minimum) of "
+               "their runs (client and raw alternate over cpu_rounds): CPU time of fixed work only grows "
+               "when other jobs share the cores; *_runs and *_median have every run, cpu_others_cores "
+               "the other users' load during each",
+        "raw_vs_client_ratio": "client CPU per request / raw grpcio loop CPU per request",
+        "anchor_vs_client_ratio": "client CPU per request / anchor CPU per request (target <= 1/3)",
+        "generate_10k_lt_5s": "10,000 / generate_perms_per_s, the faster of 2 runs on disk (generate_s_runs); "
+                              "quick mode runs a 200-experiment grid. On ext4, creating inodes soon after "
+                              "many were deleted (by anyone on the box) costs far more kernel CPU "
+                              "(recently_deleted() in the inode allocator): see generate_system_cpu_s; "
+                              "generate_tmpfs_s is the same work on tmpfs",
+        "client_rss_mb": "the client summary's max_rss_mb (ru_maxrss), the client spawned through a "
+                         "forking bash: ru_maxrss inherits the spawning process's RSS across fork+exec",
+        "client_startup_s": "spawn to first request, timed from outside (wall clock before Popen to "
+                            "the first record's start, reading its config.yaml included, as in a job); "
+                            "client_startup_s_reported is the client's own startup_s (its process start "
+                            "from /proc to its first request)",
+        "lb_efficiency": "median over rounds of (HAProxy throughput / direct throughput, same clients "
+                         "split over both servers at the same time); lb_rounds has each round's CPU "
+                         "per request of servers, HAProxy and clients and the machine's busy cores",
+    }
+    if "analyze_records" in r:
+        out["analyze_s_63M"] = f"{r['analyze_records']:,} records of {r['analyze_runs']:,} runs"
+    return out
