@@ -22,10 +22,7 @@ from .panels import (
     Palette,
     facets,
     footnote,
-    grid,
-    omitted_note,
-    page_suffix,
-    pages,
+    paged_grids,
     style_axes,
     title,
     value_text,
@@ -121,11 +118,10 @@ def latency_distribution(runs: pd.DataFrame, latencies: Mapping[str, np.ndarray]
     run, and beside it its tail, 1 − CDF on a log axis, where p99 and p99.9 live."""
     valid = runs[runs["valid"].astype(bool) & runs["samples_per_s"].notna()]
     keys = ["model", *(["scenario"] if "scenario" in varying(valid) else [])]
-    all_pages, omitted = pages(facets(valid, keys), per_page=MAX_PANELS // 2)
     figures = []
-    for i, page in enumerate(all_pages, 1):
-        fig, axes = grid(2 * len(page), "Latency distribution of measured successful requests"
-                         + page_suffix(i, len(all_pages)), width=6.0, height=4.0, ncols=2)
+    for fig, axes, page, note in paged_grids(
+            facets(valid, keys), "Latency distribution of measured successful requests", per_page=MAX_PANELS // 2,
+            axes_per_item=2, width=6.0, height=4.0, ncols=2):
         hidden = missing_records = 0
         for (key, group), cdf, tail in zip(page, axes[0::2], axes[1::2]):
             chosen = _spread(group, MAX_CDF_LINES)
@@ -139,7 +135,7 @@ def latency_distribution(runs: pd.DataFrame, latencies: Mapping[str, np.ndarray]
         footnote(fig, [f"{hidden} runs not drawn (at most {MAX_CDF_LINES} a panel, spread over "
                        "the range of median latency)" if hidden else "",
                        f"{missing_records} valid runs have no readable request records" if missing_records else "",
-                       omitted_note(omitted) if i == len(all_pages) else ""])
+                       note])
         figures.append(fig)
     return figures
 

@@ -20,12 +20,9 @@ from .panels import (
     Palette,
     facets,
     footnote,
-    grid,
     log2_x,
     numeric_sorted,
-    omitted_note,
-    page_suffix,
-    pages,
+    paged_grids,
     style_axes,
     title,
     value_text,
@@ -64,14 +61,12 @@ def scaling(table: pd.DataFrame) -> list[Figure]:
     if rows.empty or rows["_servers"].nunique() < 2:
         return []
     keys = ["model", "batch", *varying(rows, exclude=("model", "batch", "servers", "clients"))]
-    all_pages, omitted = pages(facets(rows, keys))
     clients = numeric_sorted(rows["clients"])
     cmap = matplotlib.colormaps["viridis"]
     ccolors = {c: cmap(i / max(1, len(clients) - 1) * 0.9) for i, c in enumerate(clients)}
     figures = []
-    for i, page in enumerate(all_pages, 1):
-        fig, axes = grid(len(page), "Scaling efficiency: throughput(N) / (N × throughput(1)), "
-                         f"mean over valid repeats{page_suffix(i, len(all_pages))}")
+    for fig, axes, page, note in paged_grids(
+            facets(rows, keys), "Scaling efficiency: throughput(N) / (N × throughput(1)), mean over valid repeats"):
         top = 1.2
         for ax, (key, group) in zip(axes, page):
             for c, line in group.groupby("clients", sort=False):
@@ -87,7 +82,7 @@ def scaling(table: pd.DataFrame) -> list[Figure]:
                    for c in clients]
         handles.append(Line2D([], [], color="grey", linestyle="--", label="linear"))
         fig.legend(handles=handles, title="clients", loc="outside right upper", fontsize=9)
-        footnote(fig, [omitted_note(omitted) if i == len(all_pages) else ""])
+        footnote(fig, [note])
         figures.append(fig)
     return figures
 
@@ -113,12 +108,11 @@ def heatmap(table: pd.DataFrame) -> list[Figure]:
     if data.empty or data["batch"].nunique() < 2 or data["clients"].nunique() < 2:
         return []
     keys = ["model", "servers", *varying(data, exclude=("model", "servers", "batch", "clients"))]
-    all_pages, omitted = pages(facets(data, keys))
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#eeeeee")
     figures = []
-    for i, page in enumerate(all_pages, 1):
-        fig, axes = grid(len(page), "Throughput (samples/s, mean over valid repeats) over batch × clients"
-                         + page_suffix(i, len(all_pages)), width=5.2, height=4.0)
+    for fig, axes, page, note in paged_grids(
+            facets(data, keys), "Throughput (samples/s, mean over valid repeats) over batch × clients",
+            width=5.2, height=4.0):
         for ax, (key, group) in zip(axes, page):
             batches, clients = numeric_sorted(group["batch"]), numeric_sorted(group["clients"])
             cells = np.full((len(batches), len(clients)), np.nan)
@@ -137,7 +131,7 @@ def heatmap(table: pd.DataFrame) -> list[Figure]:
             ax.set_ylabel("batch size")
             ax.set_title(title(keys, key), fontsize=10)
             fig.colorbar(im, ax=ax, label="samples/s", shrink=0.85)
-        footnote(fig, [omitted_note(omitted) if i == len(all_pages) else ""])
+        footnote(fig, [note])
         figures.append(fig)
     return figures
 
@@ -146,11 +140,9 @@ def energy(table: pd.DataFrame, palette: Palette) -> list[Figure]:
     """Energy per sample against throughput, a point per configuration."""
     data = with_roles(table)
     rows = data[data["energy_j_per_sample_mean"].notna() & data["samples_per_s_mean"].notna()]
-    all_pages, omitted = pages(facets(rows, ["model"]))
     figures = []
-    for i, page in enumerate(all_pages, 1):
-        fig, axes = grid(len(page), "Energy per sample vs throughput (a point per configuration)"
-                         + page_suffix(i, len(all_pages)), width=5.5)
+    for fig, axes, page, note in paged_grids(
+            facets(rows, ["model"]), "Energy per sample vs throughput (a point per configuration)", width=5.5):
         shown: list[Any] = []
         for ax, (key, group) in zip(axes, page):
             for servers, pts in group.groupby("servers", sort=False):
@@ -161,7 +153,7 @@ def energy(table: pd.DataFrame, palette: Palette) -> list[Figure]:
             ax.set_xlim(left=0)
             style_axes(ax, title(["model"], key), "throughput (samples/s)", "energy per sample (J)")
         palette.legend(fig, shown)
-        footnote(fig, [omitted_note(omitted) if i == len(all_pages) else ""])
+        footnote(fig, [note])
         figures.append(fig)
     return figures
 

@@ -8,7 +8,7 @@ global backend switch and no open-figure bookkeeping.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import matplotlib
@@ -146,6 +146,18 @@ def footnote(fig: Figure, notes: Iterable[str]) -> None:
 
 def omitted_note(n: int) -> str:
     return f"{n} more panels not drawn (at most {MAX_PAGES} pages); every number is in the dataset" if n else ""
+
+
+def paged_grids(items: list[Any], heading: str, *, per_page: int = MAX_PANELS, axes_per_item: int = 1,
+                **layout: Any) -> Iterator[tuple[Figure, list[Axes], list[Any], str]]:
+    """A figure for each page of `items` (see `pages`), headed `heading` plus "(i/n)" when
+    there are several, with `axes_per_item` axes per item (`layout`: `grid`'s sizes).
+    Yields (figure, its axes, the page's items, the note on panels left out: on the last
+    page only, "" on the others)."""
+    all_pages, omitted = pages(items, per_page)
+    for i, page in enumerate(all_pages, 1):
+        fig, axes = grid(axes_per_item * len(page), heading + page_suffix(i, len(all_pages)), **layout)
+        yield fig, axes, page, omitted_note(omitted) if i == len(all_pages) else ""
 
 
 def log2_x(ax: Axes, values: Iterable[Any]) -> None:

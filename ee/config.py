@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from osmi_ee.ee.profiles import (DuplicateKeyError, Profile, ProfileError, expand_vars, load_yaml,
-                                 placeholder_profile, resolve_profile)
+from osmi_ee.ee.checks import Problems, fill_dataclass, is_int, is_number
+from osmi_ee.ee.profiles import Profile, ProfileError, expand_vars, placeholder_profile, resolve_profile
+from osmi_ee.ee.yaml_io import load_yaml, read_yaml_file
 from osmi_ee.osmi.schema import MAX_MESSAGE_BYTES, SCENARIOS, SERVER_MAX_BATCH
 from osmi_ee.osmi.specs import MODEL_NAMES, MODEL_SPECS
 
@@ -118,79 +119,29 @@ class Grid:
 # --------------------------------------------------------------------- checking
 
 
-class _Checker:
-    """Collects problems while reading nested YAML data, keyed by dotted path."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def bad(self, key: str, value: Any, why: str) -> None:
-        self.problems.append(f"{key}: {why} (got {value!r})")
-
-    def section(self, data: Mapping[str, Any], key: str) -> dict[str, Any]:
-        value = data.get(key, {})
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            self.bad(key, value, "must be a mapping")
-            return {}
-        return dict(value)
-
-    def unknown(self, data: Mapping[str, Any], known: Any, prefix: str = "") -> None:
-        for key in data:
-            if key not in known:
-                self.bad(f"{prefix}{key}", data[key], f"unknown key; known keys: {', '.join(known)}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _fill(checker: _Checker, cls: type, data: dict[str, Any], prefix: str,
-          rules: dict[str, tuple[Callable[[Any], bool], str]]) -> Any:
-    """Builds dataclass `cls` from `data`, checking each given key with its rule."""
-    known = list(cls.__dataclass_fields__)
-    checker.unknown(data, known, prefix)
-    values = {}
-    for key in known:
-        if key not in data:
-            continue
-        value = data[key]
-        check, why = rules[key]
-        if not check(value):
-            checker.bad(prefix + key, value, why)
-            continue
-        values[key] = float(value) if key in _FLOATS and value is not None else value
-    return cls(**values)
-
-
-_positive_int = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+_positive_int = (lambda v: is_int(v) and v >= 1, "an integer >= 1")
 _FLOATS = {"warmup_s", "duration_s", "timeout_s", "min_backend_share", "min_duration_s",
            "stability_tolerance", "stability_max_s", "startup_timeout_s"}
 _MEASURE_RULES = {
-    "warmup_requests": (lambda v: _is_int(v) and 0 <= v <= MAX_REQUESTS, f"an integer from 0 to {MAX_REQUESTS}"),
-    "warmup_s": (lambda v: _is_number(v) and 0 <= v <= MAX_DURATION_S, f"a number from 0 to {MAX_DURATION_S:g}"),
-    "streams": (lambda v: _is_int(v) and 1 <= v <= MAX_STREAMS, f"an integer from 1 to {MAX_STREAMS}"),
-    "min_duration_s": (lambda v: _is_number(v) and 0 <= v <= MAX_DURATION_S,
+    "warmup_requests": (lambda v: is_int(v) and 0 <= v <= MAX_REQUESTS, f"an integer from 0 to {MAX_REQUESTS}"),
+    "warmup_s": (lambda v: is_number(v) and 0 <= v <= MAX_DURATION_S, f"a number from 0 to {MAX_DURATION_S:g}"),
+    "streams": (lambda v: is_int(v) and 1 <= v <= MAX_STREAMS, f"an integer from 1 to {MAX_STREAMS}"),
+    "min_duration_s": (lambda v: is_number(v) and 0 <= v <= MAX_DURATION_S,
                        f"a number from 0 to {MAX_DURATION_S:g}"),
-    "stability_windows": (lambda v: _is_int(v) and 1 <= v <= MAX_WINDOWS, f"an integer from 1 to {MAX_WINDOWS}"),
-    "stability_tolerance": (lambda v: _is_number(v) and 0 < v <= MAX_TOLERANCE,
+    "stability_windows": (lambda v: is_int(v) and 1 <= v <= MAX_WINDOWS, f"an integer from 1 to {MAX_WINDOWS}"),
+    "stability_tolerance": (lambda v: is_number(v) and 0 < v <= MAX_TOLERANCE,
                             f"a number > 0, at most {MAX_TOLERANCE:g}"),
-    "stability_max_windows": (lambda v: _is_int(v) and 1 <= v <= MAX_WINDOWS,
+    "stability_max_windows": (lambda v: is_int(v) and 1 <= v <= MAX_WINDOWS,
                               f"an integer from 1 to {MAX_WINDOWS}"),
-    "stability_max_s": (lambda v: _is_number(v) and 0 < v <= 86400, "a number of seconds > 0, at most 86400"),
-    "min_requests": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "requests": (lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_REQUESTS),
+    "stability_max_s": (lambda v: is_number(v) and 0 < v <= 86400, "a number of seconds > 0, at most 86400"),
+    "min_requests": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    "requests": (lambda v: v is None or (is_int(v) and 1 <= v <= MAX_REQUESTS),
                  f"an integer from 1 to {MAX_REQUESTS}, or null"),
-    "duration_s": (lambda v: v is None or (_is_number(v) and 0 < v <= MAX_DURATION_S),
+    "duration_s": (lambda v: v is None or (is_number(v) and 0 < v <= MAX_DURATION_S),
                    f"a number > 0, at most {MAX_DURATION_S:g}, or null"),
-    "timeout_s": (lambda v: _is_number(v) and 0 < v <= MAX_TIMEOUT_S, f"a number > 0, at most {MAX_TIMEOUT_S:g}"),
-    "min_backend_share": (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),
-    "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
+    "timeout_s": (lambda v: is_number(v) and 0 < v <= MAX_TIMEOUT_S, f"a number > 0, at most {MAX_TIMEOUT_S:g}"),
+    "min_backend_share": (lambda v: is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),
+    "seed": (lambda v: is_int(v) and 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
 }
 _SERVE_RULES = {
     "server": (lambda v: v in SERVER_KINDS, f"one of {', '.join(SERVER_KINDS)}"),
@@ -198,42 +149,42 @@ _SERVE_RULES = {
     "models_dir": (lambda v: isinstance(v, str) and v.strip() != "" and v.isprintable() and len(v) <= 4096
                    and re.search(r"\{[A-Za-z_]\w*(?:\.\w+)+\}", v) is None,
                    "a non-empty path: one printable line, no {a.b} placeholder"),
-    "intra_op_threads": (lambda v: _is_int(v) and 0 <= v <= MAX_THREADS, f"an integer from 0 to {MAX_THREADS}"),
-    "balancer_threads": (lambda v: _is_int(v) and 1 <= v <= 64, "an integer from 1 to 64"),
-    "startup_timeout_s": (lambda v: _is_number(v) and 0 < v <= MAX_TIMEOUT_S,
+    "intra_op_threads": (lambda v: is_int(v) and 0 <= v <= MAX_THREADS, f"an integer from 0 to {MAX_THREADS}"),
+    "balancer_threads": (lambda v: is_int(v) and 1 <= v <= 64, "an integer from 1 to 64"),
+    "startup_timeout_s": (lambda v: is_number(v) and 0 < v <= MAX_TIMEOUT_S,
                           f"a number > 0, at most {MAX_TIMEOUT_S:g}"),
 }
 _JOB_RULES = {"time": (lambda v: isinstance(v, str) and bool(TIME_RE.fullmatch(v)),
                        'a quoted Slurm time "[D-]HH:MM:SS"'),
-              "nodes": (lambda v: _is_int(v) and 1 <= v <= MAX_NODES, f"an integer from 1 to {MAX_NODES}"),
+              "nodes": (lambda v: is_int(v) and 1 <= v <= MAX_NODES, f"an integer from 1 to {MAX_NODES}"),
               "clients_launcher": (lambda v: v in ("auto", "local", "srun"), "one of auto, local, srun")}
 
 
-def _check_measure(checker: _Checker, data: dict[str, Any]) -> Measure:
-    measure = _fill(checker, Measure, data, "measure.", _MEASURE_RULES)
+def _check_measure(problems: Problems, data: dict[str, Any]) -> Measure:
+    measure = fill_dataclass(problems, Measure, data, "measure.", _MEASURE_RULES, _FLOATS)
     if data.get("duration_s") is not None:
         # A duration replaces the count, unless the user set both on purpose.
         if data.get("requests") is not None:
-            checker.bad("measure.requests", data["requests"],
-                        "set either measure.requests or measure.duration_s, not both")
+            problems.bad("measure.requests", data["requests"],
+                         "set either measure.requests or measure.duration_s, not both")
         measure = Measure(**{**asdict(measure), "requests": None})
     elif measure.requests is None:
-        checker.bad("measure.requests", None, "needs measure.requests or measure.duration_s")
+        problems.bad("measure.requests", None, "needs measure.requests or measure.duration_s")
     if measure.stability_max_windows < measure.stability_windows:
         if "stability_max_windows" in data:
-            checker.bad("measure.stability_max_windows", measure.stability_max_windows,
-                        f"must be at least measure.stability_windows ({measure.stability_windows})")
+            problems.bad("measure.stability_max_windows", measure.stability_max_windows,
+                         f"must be at least measure.stability_windows ({measure.stability_windows})")
         else:  # k set alone: measure at most 10 windows (or exactly k when k is larger)
             measure = Measure(**{**asdict(measure), "stability_max_windows": measure.stability_windows})
     return measure
 
 
-def _check_axes(checker: _Checker, data: Any, profile: Profile, scalar: bool) -> dict[str, list[Any]]:
+def _check_axes(problems: Problems, data: Any, profile: Profile, scalar: bool) -> dict[str, list[Any]]:
     """Axis name -> list of values (a one-element list when `scalar`)."""
     if not isinstance(data, Mapping) or not data:
-        checker.bad("experiment", data, "must be a mapping of axes, e.g. model: [small_lstm]")
+        problems.bad("experiment", data, "must be a mapping of axes, e.g. model: [small_lstm]")
         return {}
-    checker.unknown(data, AXES, "experiment.")
+    problems.unknown(data, AXES, "experiment.")
     defaults: dict[str, list[Any]] = {"servers": [1], "clients": [1], "batch": [1],
                                       "gpu": [next(iter(profile.gpus))], "scenario": ["closed"],
                                       "rate": [None], "repeat": [1]}
@@ -241,7 +192,7 @@ def _check_axes(checker: _Checker, data: Any, profile: Profile, scalar: bool) ->
     for axis in AXES:
         if axis not in data:
             if axis == "model":
-                checker.bad("experiment.model", None, f"required; one or more of {', '.join(MODEL_NAMES)}")
+                problems.bad("experiment.model", None, f"required; one or more of {', '.join(MODEL_NAMES)}")
             else:
                 axes[axis] = defaults[axis]
             continue
@@ -249,93 +200,80 @@ def _check_axes(checker: _Checker, data: Any, profile: Profile, scalar: bool) ->
         values = raw if isinstance(raw, list) and not scalar else [raw]
         key = f"experiment.{axis}"
         if not values:
-            checker.bad(key, raw, "needs at least one value")
+            problems.bad(key, raw, "needs at least one value")
             continue
         if len(set(map(repr, values))) != len(values):
-            checker.bad(key, raw, "lists a value twice")
+            problems.bad(key, raw, "lists a value twice")
         for value in values:
             if axis == "model" and value not in MODEL_NAMES:
-                checker.bad(key, value, f"unknown model; known models: {', '.join(MODEL_NAMES)}")
+                problems.bad(key, value, f"unknown model; known models: {', '.join(MODEL_NAMES)}")
             elif axis == "gpu" and value not in profile.gpus:
-                checker.bad(key, value, f"GPU type not in profile {profile.name!r}; "
-                                        f"it has: {', '.join(profile.gpus)}")
+                problems.bad(key, value, f"GPU type not in profile {profile.name!r}; "
+                                         f"it has: {', '.join(profile.gpus)}")
             elif axis in AXIS_MAX and not (_positive_int[0](value) and value <= AXIS_MAX[axis]):
-                checker.bad(key, value, f"must be an integer from 1 to {AXIS_MAX[axis]}")
+                problems.bad(key, value, f"must be an integer from 1 to {AXIS_MAX[axis]}")
             elif axis == "scenario" and value not in SCENARIOS:
-                checker.bad(key, value, f"unknown load scenario; known: {', '.join(SCENARIOS)}")
-            elif axis == "rate" and value is not None and not (_is_number(value) and 0 < value <= MAX_RATE):
-                checker.bad(key, value, f"target requests/s (all clients together): a number > 0, "
-                                        f"at most {MAX_RATE:g}")
+                problems.bad(key, value, f"unknown load scenario; known: {', '.join(SCENARIOS)}")
+            elif axis == "rate" and value is not None and not (is_number(value) and 0 < value <= MAX_RATE):
+                problems.bad(key, value, f"target requests/s (all clients together): a number > 0, "
+                                         f"at most {MAX_RATE:g}")
         axes[axis] = values
     for model in axes.get("model", []):  # what one request may weigh, checked before any job runs
         for batch in axes.get("batch", []):
-            if model not in MODEL_SPECS or not _is_int(batch):
+            if model not in MODEL_SPECS or not is_int(batch):
                 continue
             size = batch * MODEL_SPECS[model].input_bytes_per_sample
             if size > MAX_MESSAGE_BYTES:
-                checker.bad("experiment.batch", batch, f"a {model} request of {batch} samples weighs "
-                            f"{size / 2**20:,.0f} MiB, over gRPC's {MAX_MESSAGE_BYTES / 2**20:,.0f} MiB limit")
+                problems.bad("experiment.batch", batch, f"a {model} request of {batch} samples weighs "
+                             f"{size / 2**20:,.0f} MiB, over gRPC's {MAX_MESSAGE_BYTES / 2**20:,.0f} MiB limit")
     if "poisson" in axes.get("scenario", []) and None in axes.get("rate", [None]):
-        checker.bad("experiment.rate", data.get("rate"), "scenario poisson needs a target rate > 0")
+        problems.bad("experiment.rate", data.get("rate"), "scenario poisson needs a target rate > 0")
     for gpu in axes.get("gpu", []):  # all shards run on the first node: one GPU each
         per_node = profile.gpus[gpu].gpus_per_node if isinstance(gpu, str) and gpu in profile.gpus else None
-        too_many = [n for n in axes.get("servers", []) if _is_int(n) and per_node and n > per_node]
+        too_many = [n for n in axes.get("servers", []) if is_int(n) and per_node and n > per_node]
         if too_many:
-            checker.bad("experiment.servers", too_many, f"more shards than GPU type {gpu!r} has on one "
-                                                        f"node (gpus_per_node: {per_node})")
+            problems.bad("experiment.servers", too_many, f"more shards than GPU type {gpu!r} has on one "
+                                                         f"node (gpus_per_node: {per_node})")
     return axes
 
 
 # --------------------------------------------------------------------- loading
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise GridError(path, [f"cannot read: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise GridError(path, ["cannot read: not UTF-8 text"]) from None
-    try:  # a repeated key is an error: plain YAML would silently keep the last one
-        return load_yaml(text)
-    except DuplicateKeyError as exc:
-        raise GridError(path, [exc.describe()]) from None
-    except yaml.YAMLError as exc:
-        raise GridError(path, [f"not valid YAML: {exc}"]) from None
-
-
 def _parse(data: Any, source: Path, scalar_axes: bool, profiles_dir: Path | None,
            extra_keys: tuple[str, ...] = (), profile_file: Path | str | None = None) -> Grid:
     if not isinstance(data, Mapping):
         raise GridError(source, ["top level must be a mapping with at least `name` and `experiment`"])
-    checker = _Checker()
+    problems = Problems()
     top_keys = ("name", "description", "profile", "experiment", "measure", "serve", "job") + extra_keys
-    checker.unknown(data, top_keys)
+    problems.unknown(data, top_keys)
     name = data.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
-        checker.bad("name", name, "required; letters, digits, '.', '_' or '-', at most 64")
+        problems.bad("name", name, "required; letters, digits, '.', '_' or '-', at most 64")
     try:  # a name in profiles_dir (never a path) or inline; an explicit profile_file wins
         profile = resolve_profile(data.get("profile", "localhost"), profiles_dir, profile_file)
     except ProfileError as exc:
-        checker.problems.extend(exc.problems)
+        problems.extend(exc.problems)
         experiment = data.get("experiment")
         profile = placeholder_profile(experiment.get("gpu") if isinstance(experiment, Mapping) else None)
-    axes = _check_axes(checker, data.get("experiment"), profile, scalar_axes)
-    measure = _check_measure(checker, checker.section(data, "measure"))
-    serve = _fill(checker, Serve, checker.section(data, "serve"), "serve.", _SERVE_RULES)
+    axes = _check_axes(problems, data.get("experiment"), profile, scalar_axes)
+    measure = _check_measure(problems, problems.mapping(data.get("measure", {}), "measure"))
+    serve = fill_dataclass(problems, Serve, problems.mapping(data.get("serve", {}), "serve"), "serve.",
+                           _SERVE_RULES, _FLOATS)
     try:  # ${USER} etc. in paths are the generating user's; relative means "from here"
         models_dir = Path(expand_vars(serve.models_dir, "serve.models_dir")).expanduser()
         serve = Serve(**{**asdict(serve), "models_dir": str(models_dir.resolve())})
     except ValueError as exc:
-        checker.bad("serve.models_dir", serve.models_dir, str(exc).split(": ", 1)[-1])
-    job = _fill(checker, Job, checker.section(data, "job"), "job.", _JOB_RULES)
+        problems.bad("serve.models_dir", serve.models_dir, str(exc).split(": ", 1)[-1])
+    job = fill_dataclass(problems, Job, problems.mapping(data.get("job", {}), "job"), "job.", _JOB_RULES,
+                         _FLOATS)
     if serve.server != "tfserving":  # osmi-model-server refuses bigger requests
         for batch in axes.get("batch", []):
-            if _is_int(batch) and batch > SERVER_MAX_BATCH:
-                checker.bad("experiment.batch", batch, f"osmi-model-server serves at most {SERVER_MAX_BATCH} "
-                            "samples per request (its --max_batch); use serve.server: tfserving for more")
-    if checker.problems:
-        raise GridError(source, checker.problems)
+            if is_int(batch) and batch > SERVER_MAX_BATCH:
+                problems.bad("experiment.batch", batch, f"osmi-model-server serves at most {SERVER_MAX_BATCH} "
+                             "samples per request (its --max_batch); use serve.server: tfserving for more")
+    if problems:
+        raise GridError(source, list(problems))
     return Grid(name=name, profile=profile, axes=axes, measure=measure, serve=serve,
                 job=job, source=source)
 
@@ -392,7 +330,7 @@ def load_grid(path: Path | str, profiles_dir: Path | None = None,
     the file's data before it is validated.
     """
     source = Path(path)
-    data = apply_overrides(_read_yaml(source), overrides)
+    data = apply_overrides(read_yaml_file(source, GridError), overrides)
     grid = _parse(data, source, scalar_axes=False, profiles_dir=profiles_dir, profile_file=profile_file)
     return replace(grid, overrides=tuple(overrides))
 
@@ -404,7 +342,7 @@ def load_experiment_config(path: Path | str) -> tuple[Grid, dict[str, Any], dict
     whole raw mapping, which also holds the `ee` and `sweep` blocks).
     """
     source = Path(path)
-    data = _read_yaml(source)
+    data = read_yaml_file(source, GridError)
     # `ee` (cloudmesh-ee's identifier block) and `sweep` are written by generate.
     grid = _parse(data, source, scalar_axes=True, profiles_dir=None, extra_keys=("ee", "sweep"))
     params = {axis: values[0] for axis, values in grid.axes.items()}

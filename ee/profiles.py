@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from osmi_ee.ee.checks import Problems, Rule, fill, fill_dataclass, is_int, is_number
+from osmi_ee.ee.yaml_io import read_yaml_file
 
 # Every pattern is applied with fullmatch. Values pasted into "#SBATCH" lines:
 # sbatch parses those itself, not a shell, so we allow only characters that
@@ -56,87 +57,8 @@ class ProfileError(ValueError):
         super().__init__("\n".join(f"{self.source}: {p}" for p in problems))
 
 
-# --------------------------------------------------------------------- YAML
-
-
 class ProfileNameError(ProfileError):
     """The grid's `profile:` is no known profile name (problems are about that value)."""
-
-
-class DuplicateKeyError(yaml.constructor.ConstructorError):
-    """A mapping names a key twice; plain YAML would silently keep the last."""
-
-    def __init__(self, key: str, line: int, first_line: int, mark: Any):
-        self.key, self.line, self.first_line = key, line, first_line  # key: its dotted path
-        super().__init__(None, None, f"duplicate key {key!r}", mark)
-
-    def describe(self) -> str:
-        return (f"{self.key}: duplicate key on line {self.line} (first on line {self.first_line}); "
-                "each key may appear once")
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping (merges `<<` may override).
-
-    The error names the key by its dotted path (`gpus.a100.mem`) and both lines."""
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        self._paths: dict[int, str] = {}
-        self._index(node, "", set())
-        return super().construct_document(node)
-
-    def _index(self, node: yaml.Node, path: str, done: set[int]) -> None:
-        """Each mapping node's dotted path, for messages (aliases: the first path)."""
-        if id(node) in done:
-            return
-        done.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            self._paths[id(node)] = path
-            for key_node, value_node in node.value:
-                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
-                self._index(value_node, f"{path}.{name}" if path else str(name), done)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._index(item, f"{path}[{i}]", done)
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            try:
-                first = seen.get(key)
-            except TypeError:
-                continue  # unhashable: SafeLoader itself reports it
-            if first is not None:
-                parent = getattr(self, "_paths", {}).get(id(node), "")
-                raise DuplicateKeyError(f"{parent}.{key}" if parent else str(key), line, first,
-                                        key_node.start_mark)
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_yaml(text: str) -> Any:
-    """YAML text -> data, with SafeLoader's types; DuplicateKeyError on a repeated key."""
-    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-
-
-def read_yaml_file(path: Path) -> Any:
-    """A YAML file's data; ProfileError (one problem) when unreadable, not YAML, or a key repeats."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProfileError(path, [f"cannot read: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise ProfileError(path, ["cannot read: not UTF-8 text"]) from None
-    try:
-        return load_yaml(text)
-    except DuplicateKeyError as exc:
-        raise ProfileError(path, [exc.describe()]) from None
-    except yaml.YAMLError as exc:
-        raise ProfileError(path, [f"not valid YAML: {exc}"]) from None
 
 
 # --------------------------------------------------------------------- schema
@@ -178,15 +100,8 @@ class Profile:
                 "server": {"command": self.server_command}, "haproxy": self.haproxy}
 
 
-Rule = tuple[Callable[[Any], bool], str]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _int_in(low: int, high: int) -> Callable[[Any], bool]:
-    return lambda v: _is_int(v) and low <= v <= high
+    return lambda v: is_int(v) and low <= v <= high
 
 
 def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
@@ -199,7 +114,7 @@ def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 def _number_in(low: float, high: float) -> Callable[[Any], bool]:
     # Bounded on both sides, so nan (no comparison holds) and inf fail too.
-    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high
+    return lambda v: is_number(v) and low <= v <= high
 
 
 def _description(v: Any) -> bool:  # not in any script, but one printable line all the same
@@ -231,43 +146,7 @@ _SCHEDULER_RULES: dict[str, Rule] = {
 _FLOATS = {"price_per_gpu_hour"}
 
 
-class _Problems(list):
-    """Problems found so far, each "key: why (got value)" like the grid's."""
-
-    def bad(self, key: str, value: Any, why: str) -> None:
-        self.append(f"{key}: {why} (got {value!r})")
-
-    def unknown(self, data: Mapping[Any, Any], known: Iterable[str], prefix: str) -> None:
-        known = list(known)
-        for key in data:
-            if key not in known:
-                self.bad(f"{prefix}{key}", data[key], f"unknown key; known keys: {', '.join(known)}")
-
-
-def _mapping(problems: _Problems, value: Any, key: str) -> dict[Any, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        problems.bad(key, value, "must be a mapping")
-        return {}
-    return dict(value)
-
-
-def _fill(problems: _Problems, data: Mapping[Any, Any], prefix: str, rules: dict[str, Rule]) -> dict[str, Any]:
-    """The values of `data` that pass their rule; each other one is a problem."""
-    values = {}
-    for key, (check, why) in rules.items():
-        if key not in data:
-            continue
-        value = data[key]
-        if not check(value):
-            problems.bad(prefix + key, value, why)
-        else:
-            values[key] = float(value) if key in _FLOATS and value is not None else value
-    return values
-
-
-def _list_of(problems: _Problems, value: Any, key: str, check: Callable[[Any], bool],
+def _list_of(problems: Problems, value: Any, key: str, check: Callable[[Any], bool],
              why: str) -> list[str]:
     if value is None:
         return []
@@ -295,7 +174,7 @@ def expand_vars(value: str, where: str) -> str:
     return value
 
 
-def _words(problems: _Problems, value: Any, key: str) -> list[str]:
+def _words(problems: Problems, value: Any, key: str) -> list[str]:
     """A launch command: a list of words (or one string split on spaces), ${VAR}s expanded."""
     if isinstance(value, str):
         value = value.split()
@@ -321,7 +200,7 @@ def _words(problems: _Problems, value: Any, key: str) -> list[str]:
     return words
 
 
-def _gpus(problems: _Problems, value: Any) -> dict[str, GpuType]:
+def _gpus(problems: Problems, value: Any) -> dict[str, GpuType]:
     if not isinstance(value, Mapping) or not value:
         problems.bad("gpus", value, "must map at least one GPU type to its settings")
         return {}
@@ -331,16 +210,15 @@ def _gpus(problems: _Problems, value: Any) -> dict[str, GpuType]:
             problems.bad("gpus", gpu, "a GPU type name: letters, digits, '.', '_' or '-', at most 64")
             continue
         prefix = f"gpus.{gpu}."
-        settings = _mapping(problems, settings, prefix[:-1])
-        problems.unknown(settings, GpuType.__dataclass_fields__, prefix)
-        gpus[gpu] = GpuType(**_fill(problems, settings, prefix, _GPU_RULES))
+        settings = problems.mapping(settings, prefix[:-1])
+        gpus[gpu] = fill_dataclass(problems, GpuType, settings, prefix, _GPU_RULES, _FLOATS)
     return gpus
 
 
-def _scheduler(problems: _Problems, value: Any) -> Scheduler:
-    data = _mapping(problems, value, "scheduler")
+def _scheduler(problems: Problems, value: Any) -> Scheduler:
+    data = problems.mapping(value, "scheduler")
     problems.unknown(data, Scheduler.__dataclass_fields__, "scheduler.")
-    values = _fill(problems, data, "scheduler.", _SCHEDULER_RULES)
+    values = fill(problems, data, "scheduler.", _SCHEDULER_RULES, _FLOATS)
     values["extra_sbatch"] = _list_of(
         problems, data.get("extra_sbatch"), "scheduler.extra_sbatch", _extra_sbatch,
         f"sbatch flags like --exclusive or --qos=high (letters, digits, _.,:=/@+-), "
@@ -350,8 +228,8 @@ def _scheduler(problems: _Problems, value: Any) -> Scheduler:
     return Scheduler(**values)
 
 
-def _profile_problems(data: Any, default_name: str) -> tuple[Profile | None, _Problems]:
-    problems = _Problems()
+def _profile_problems(data: Any, default_name: str) -> tuple[Profile | None, Problems]:
+    problems = Problems()
     if not isinstance(data, Mapping):
         problems.bad("top level", data, "must be a mapping with at least `gpus`")
         return None, problems
@@ -364,7 +242,7 @@ def _profile_problems(data: Any, default_name: str) -> tuple[Profile | None, _Pr
         problems.bad("description", description, f"one printable line of at most {MAX_DESCRIPTION} characters")
     scheduler = _scheduler(problems, data.get("scheduler"))
     gpus = _gpus(problems, data.get("gpus"))
-    server = _mapping(problems, data.get("server"), "server")
+    server = problems.mapping(data.get("server"), "server")
     problems.unknown(server, ("command",), "server.")
     server_command = _words(problems, server.get("command", []), "server.command")
     container = server_command[:1] and server_command[0] in ("apptainer", "singularity")
@@ -405,7 +283,7 @@ def load_profile_file(path: Path | str) -> Profile:
     """A profile from an explicit file (e.g. given on the command line)."""
     path = Path(path)
     stem = path.stem if PROFILE_NAME_RE.fullmatch(path.stem) else "custom"
-    return parse_profile(read_yaml_file(path) or {}, str(path), default_name=stem)
+    return parse_profile(read_yaml_file(path, ProfileError) or {}, str(path), default_name=stem)
 
 
 def _named_path(ref: Any, directory: Path) -> Path:

@@ -55,6 +55,18 @@ class ExportResult:
     size_bytes: int
 
 
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """The keyword arguments of `export_model` and `export_models`, with their defaults."""
+
+    version: int = 1  # the version folder: <out_dir>/<name>/<version>/
+    samples: int = 100  # synthetic training pairs (see `train_model`)
+    epochs: int = 1
+    batch_size: int = 32
+    seed: int = 0
+    force: bool = False  # re-export over an existing complete export
+
 EXPORT_LOG = "export.log"  # TensorFlow's native start-up noise, kept out of the console
 
 
@@ -140,32 +152,28 @@ def save_serving_model(model: keras.Model, spec: ModelSpec, path: Path | str) ->
     tf.saved_model.save(root, str(path), signatures={SIGNATURE_NAME: serve.get_concrete_function()})
 
 
-def export_model(
-    name: str,
-    out_dir: Path | str,
-    *,
-    version: int = 1,
-    samples: int = 100,
-    epochs: int = 1,
-    batch_size: int = 32,
-    seed: int = 0,
-    force: bool = False,
-) -> Path:
+def export_model(name: str, out_dir: Path | str, **options: Any) -> Path:
     """Train (see `train_model`) and export model `name`; return its version folder.
+    `options` are ExportOptions' fields (version, samples, epochs, batch_size, seed, force).
 
     An existing complete export is kept unless `force`. The SavedModel is
     written to a hidden temporary folder beside the target and renamed into
     place, so neither a crash nor TF-Serving polling the folder ever sees a half
     model (TF-Serving only loads folders named by a number).
     """
+    return _export_model(name, out_dir, ExportOptions(**options))
+
+
+def _export_model(name: str, out_dir: Path | str, options: ExportOptions) -> Path:
     spec = get_spec(name)  # unknown name: KeyError before anything is written
-    target = version_dir(out_dir, name, version)
-    if is_exported(target) and not force:
+    target = version_dir(out_dir, name, options.version)
+    if is_exported(target) and not options.force:
         return target
 
-    model = train_model(name, samples=samples, epochs=epochs, batch_size=batch_size, seed=seed)
+    model = train_model(name, samples=options.samples, epochs=options.epochs, batch_size=options.batch_size,
+                        seed=options.seed)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{options.version}.tmp-", dir=target.parent))
     try:
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide it from other users
         save_serving_model(model, spec, tmp)
@@ -219,19 +227,16 @@ def export_models(
     names: Iterable[str],
     out_dir: Path | str,
     *,
-    version: int = 1,
-    samples: int = 100,
-    epochs: int = 1,
-    batch_size: int = 32,
-    seed: int = 0,
-    force: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> list[ExportResult]:
-    """Export each model in `names`, then write `models.config`.
+    """Export each model in `names` (`options`: ExportOptions' fields, as for
+    `export_model`), then write `models.config`.
 
     All names are checked before any work starts. With `progress`, prints one
     line per model: status, seconds, size, path.
     """
+    settings = ExportOptions(**options)  # an unknown option: TypeError before any work
     names = list(dict.fromkeys(names))  # keep order, drop repeats
     for name in names:
         get_spec(name)
@@ -239,17 +244,8 @@ def export_models(
     try:
         for name in names:
             start = time.perf_counter()
-            skipped = is_exported(version_dir(out_dir, name, version)) and not force
-            path = export_model(
-                name,
-                out_dir,
-                version=version,
-                samples=samples,
-                epochs=epochs,
-                batch_size=batch_size,
-                seed=seed,
-                force=force,
-            )
+            skipped = is_exported(version_dir(out_dir, name, settings.version)) and not settings.force
+            path = _export_model(name, out_dir, settings)
             result = ExportResult(
                 name, path, not skipped, time.perf_counter() - start, dir_size(path)
             )

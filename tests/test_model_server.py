@@ -446,7 +446,7 @@ def test_rest_limits(server: Server) -> None:
 
 
 def test_memory_error_in_predict_is_resource_exhausted(caplog: pytest.LogCaptureFixture) -> None:
-    from osmi_ee.osmi.model_server import _call
+    from osmi_ee.osmi.serving_grpc import _call
 
     def body() -> None:
         raise MemoryError
