@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -235,10 +236,22 @@ def _run_one(exp: ExperimentPaths, *, force: bool, stop: _Stop, bar: tqdm) -> Ex
         lock.release()
 
 
+def run_order(sweep: SweepPaths, ids: list[str]) -> list[str]:
+    """Repeat 1 of every configuration, then repeat 2, ...: a machine that drifts over
+    minutes then spreads each configuration's launches over the whole sweep, so the
+    interval over its repeats holds the drift instead of one configuration absorbing it."""
+    try:
+        params = json.loads(sweep.sweep.read_text()).get("params", {})
+    except (OSError, ValueError):
+        return ids
+    position = {i: n for n, i in enumerate(ids)}
+    return sorted(ids, key=lambda i: (params.get(i, {}).get("repeat") or 1, position[i]))
+
+
 def run_local(sweep: SweepPaths, *, force: bool = False, only: list[str] | None = None) -> list[ExperimentOutcome]:
     """Runs the sweep's experiments; one outcome each. Raises Interrupted after
     SIGINT/SIGTERM, once the job then running has ended."""
-    ids = [i for i in sweep.experiment_ids() if not only or i in only]
+    ids = run_order(sweep, [i for i in sweep.experiment_ids() if not only or i in only])
     outcomes: list[ExperimentOutcome] = []
     bar = tqdm(ids, desc="experiments", unit="exp", file=sys.stderr, dynamic_ncols=True)
     try:

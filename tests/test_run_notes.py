@@ -32,3 +32,12 @@ def test_unstable_on_a_quiet_machine_says_so(tmp_path: Path) -> None:
     sweep = SweepPaths(tmp_path)
     write(sweep, "b", False, 0.1)
     assert "no sign of a busy machine" in unstable_note(sweep, ["b"])
+
+
+def test_local_runs_interleave_repeats(tmp_path: Path) -> None:
+    from osmi_ee.ee.local import run_order
+
+    ids = ["a-r1", "a-r2", "b-r1", "b-r2"]
+    params = {i: {"repeat": int(i[-1])} for i in ids}
+    (tmp_path / "sweep.json").write_text(json.dumps({"experiments": ids, "params": params}))
+    assert run_order(SweepPaths(tmp_path), ids) == ["a-r1", "b-r1", "a-r2", "b-r2"]
