@@ -3,10 +3,13 @@ what the session starts it stops (a Slurm test cluster it had to start)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,33 @@ def write_grid(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def during_window():
+    """`with during_window(exp, fault, delay_s) as hit:` runs `fault(exp)` in a thread
+    `delay_s` after the experiment's measured window opens (its barrier's `go` file);
+    `hit` then holds what the fault returned (whether it found its target)."""
+
+    @contextlib.contextmanager
+    def inject(exp, fault, delay_s: float = 1.5):
+        hit: list = []
+
+        def run() -> None:
+            deadline = time.monotonic() + 120
+            while not (exp.barrier / "go").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(delay_s)
+            hit.append(fault(exp))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            yield hit
+        finally:
+            thread.join()
+
+    return inject
 
 
 @pytest.fixture

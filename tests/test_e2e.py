@@ -158,10 +158,8 @@ def test_open_loop_poisson_keeps_its_arrival_rate(write_grid, tmp_path, models_d
     assert gaps.std() > 0.3 * gaps.mean()  # irregular (Poisson) gaps, not a metronome
 
 
-def test_server_killed_mid_run_is_invalid_and_listed_not_plotted(write_grid, tmp_path, models_dir, capsys):
-    import threading
-    import time
-
+def test_server_killed_mid_run_is_invalid_and_listed_not_plotted(write_grid, during_window, tmp_path, models_dir,
+                                                                 capsys):
     data = grid(models_dir, experiment={"servers": [2], "clients": [2]},
                 measure={"duration_s": 6, "requests": None})
     path = write_grid(data)
@@ -169,24 +167,17 @@ def test_server_killed_mid_run_is_invalid_and_listed_not_plotted(write_grid, tmp
     assert cli.main(["generate", "--grid", str(path), "--out", str(out)]) == 0
     sweep = SweepPaths(out)
     exp = sweep.experiment(sweep.experiment_ids()[0])
-    killed: list[str] = []
 
-    def kill_one_server() -> None:
-        deadline = time.monotonic() + 120
-        while not (exp.barrier / "go").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.5)
+    def kill_one_server(exp) -> bool:
         pids = subprocess.run(["pgrep", "-f", f"model_config_file={exp.model_config}"],
                               capture_output=True, text=True).stdout.split()
         if pids:
             subprocess.run(["kill", "-9", pids[-1]])
-            killed.append(pids[-1])
+        return bool(pids)
 
-    killer = threading.Thread(target=kill_one_server)
-    killer.start()
-    rc = cli.main(["run", "--grid", str(path), "--out", str(out)])
-    killer.join()
-    assert killed, "no server process found to kill"
+    with during_window(exp, kill_one_server) as hit:
+        rc = cli.main(["run", "--grid", str(path), "--out", str(out)])
+    assert hit == [True], "no server process found to kill"
     assert rc != 0
     (s,) = summaries(sweep)
     assert not s["valid"] and s["throughput"]["samples_per_s"] is None

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,7 @@ def pids_of(pattern: str) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def run_with_fault(write_grid, tmp_path: Path, data: dict,
+def run_with_fault(write_grid, during_window, tmp_path: Path, data: dict,
                    fault: Callable[[ExperimentPaths], bool]) -> tuple[int, Path, ExperimentPaths]:
     """Generate and run the grid; `fault(exp)` runs 1.5 s into the measured window and
     returns whether it found its target."""
@@ -45,19 +44,8 @@ def run_with_fault(write_grid, tmp_path: Path, data: dict,
     assert cli.main(["generate", "--grid", str(path), "--out", str(out)]) == 0
     sweep = SweepPaths(out)
     exp = sweep.experiment(sweep.experiment_ids()[0])
-    hit: list[bool] = []
-
-    def inject() -> None:
-        deadline = time.monotonic() + 120
-        while not (exp.barrier / "go").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1.5)
-        hit.append(fault(exp))
-
-    thread = threading.Thread(target=inject)
-    thread.start()
-    rc = cli.main(["run", "--grid", str(path), "--out", str(out)])
-    thread.join()
+    with during_window(exp, fault) as hit:
+        rc = cli.main(["run", "--grid", str(path), "--out", str(out)])
     assert hit == [True], "the fault found nothing to hit"
     return rc, out, exp
 
@@ -78,7 +66,7 @@ def records_accounted(summary: dict) -> None:
     assert summary["requests"]["sent"] == sum(c["sent"] for c in summary["clients"] if c.get("sent"))
 
 
-def test_hung_shard_is_named(write_grid, tmp_path, models_dir):
+def test_hung_shard_is_named(write_grid, during_window, tmp_path, models_dir):
     stopped: list[int] = []
 
     def stop_shard_1(exp: ExperimentPaths) -> bool:
@@ -91,7 +79,7 @@ def test_hung_shard_is_named(write_grid, tmp_path, models_dir):
         return True
 
     try:
-        rc, out, exp = run_with_fault(write_grid, tmp_path, grid(models_dir), stop_shard_1)
+        rc, out, exp = run_with_fault(write_grid, during_window, tmp_path, grid(models_dir), stop_shard_1)
     finally:
         for pid in stopped:  # let a stopped process take its SIGKILL and go
             try:
@@ -106,14 +94,14 @@ def test_hung_shard_is_named(write_grid, tmp_path, models_dir):
     no_process_left(out)
 
 
-def test_killed_balancer_is_named(write_grid, tmp_path, models_dir):
+def test_killed_balancer_is_named(write_grid, during_window, tmp_path, models_dir):
     def kill_haproxy(exp: ExperimentPaths) -> bool:
         pids = pids_of(f"haproxy -db -f {exp.haproxy_config}")
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         return bool(pids)
 
-    rc, out, exp = run_with_fault(write_grid, tmp_path, grid(models_dir, servers=1), kill_haproxy)
+    rc, out, exp = run_with_fault(write_grid, during_window, tmp_path, grid(models_dir, servers=1), kill_haproxy)
     s = json.loads(exp.summary.read_text())
     assert rc != 0 and not s["valid"]
     assert any("the balancer (haproxy) exited" in r for r in s["reasons"]), s["reasons"]
@@ -122,7 +110,7 @@ def test_killed_balancer_is_named(write_grid, tmp_path, models_dir):
     no_process_left(out)
 
 
-def test_killed_job_runner_leaves_nothing_and_is_not_valid(write_grid, tmp_path, models_dir):
+def test_killed_job_runner_leaves_nothing_and_is_not_valid(write_grid, during_window, tmp_path, models_dir):
     def kill_runner(exp: ExperimentPaths) -> bool:
         pids = pids_of("osmi_ee.osmi.run --config config.yaml")
         ours = [p for p in pids if Path(f"/proc/{p}/cwd").resolve() == exp.root.resolve()]
@@ -130,7 +118,7 @@ def test_killed_job_runner_leaves_nothing_and_is_not_valid(write_grid, tmp_path,
             os.kill(pid, signal.SIGKILL)
         return bool(ours)
 
-    rc, out, exp = run_with_fault(write_grid, tmp_path, grid(models_dir, servers=1), kill_runner)
+    rc, out, exp = run_with_fault(write_grid, during_window, tmp_path, grid(models_dir, servers=1), kill_runner)
     assert rc != 0
     # The runner could write no verdict: the experiment is not valid, and no shard,
     # balancer or client outlives it (each carries a death signal).

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -86,29 +84,22 @@ def test_rerun_failing_before_clients_reports_nothing_of_the_old_attempt(write_g
     assert MARKER in (old / "logs" / "server-0.log").read_text()
 
 
-def test_killed_clients_earlier_records_are_not_counted(write_grid, tmp_path, models_dir):
+def test_killed_clients_earlier_records_are_not_counted(write_grid, during_window, tmp_path, models_dir):
     path, out, exp = generated(write_grid, tmp_path,
                                grid(models_dir, duration_s=6, requests=None, stability_windows=1,
                                     stability_max_windows=1, min_requests=1))
     plant_old_attempt(exp, range(2))
-    killed: list[str] = []
 
-    def kill_client_1() -> None:
-        deadline = time.monotonic() + 120
-        while not (exp.barrier / "go").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.0)
+    def kill_client_1(exp: ExperimentPaths) -> bool:
         pids = subprocess.run(["pgrep", "-f", "--", f"{exp.root.name}/config.yaml --client-id=1 "],
                               capture_output=True, text=True).stdout.split()
         if pids:
             subprocess.run(["kill", "-9", *pids])
-            killed.extend(pids)
+        return bool(pids)
 
-    killer = threading.Thread(target=kill_client_1)
-    killer.start()
-    rc = cli.main(["run", "--grid", str(path), "--out", str(out), "--force"])
-    killer.join()
-    assert killed, "client 1 was not found to kill"
+    with during_window(exp, kill_client_1, delay_s=1.0) as hit:
+        rc = cli.main(["run", "--grid", str(path), "--out", str(out), "--force"])
+    assert hit == [True], "client 1 was not found to kill"
     assert rc != 0
     s = json.loads(exp.summary.read_text())
     assert not s["valid"] and s["throughput"]["samples_per_s"] is None
