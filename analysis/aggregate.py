@@ -18,7 +18,7 @@ from osmi_ee.ee.paths import SweepPaths, atomic_write
 from osmi_ee.osmi.stats import CONFIDENCE, mean_ci
 
 from .collect import STATUS_INVALID, STATUS_MISSING, STATUS_UNREADABLE
-from .dataset import configuration_columns, cost_per_million_samples
+from .dataset import configuration_columns, cost_per_million_samples, missing
 
 SUMMARY_FILE = SweepPaths(Path(".")).dataset_summary.name  # for links and messages
 
@@ -145,6 +145,14 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
     out["cost_per_million_samples"] = [cost_per_million_samples(p, s, m)
                                        for p, s, m in zip(price, servers, speed["mean"])]
     return out[[*keys, *AGGREGATE_COLUMNS]]
+
+
+def speed_interval(row: pd.Series | None) -> tuple[float, float] | None:
+    """The 95% interval of a configuration's samples/s, or None where it has none."""
+    if row is None:
+        return None
+    low, high = row.get("samples_per_s_ci95_low"), row.get("samples_per_s_ci95_high")
+    return None if missing(low) or missing(high) else (float(low), float(high))
 
 
 def write_summary(table: pd.DataFrame, sweep_dir: Path | str) -> Path:

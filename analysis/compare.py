@@ -18,7 +18,7 @@ import pandas as pd
 
 from osmi_ee.osmi.stats import intervals_overlap
 
-from .aggregate import aggregate
+from .aggregate import aggregate, speed_interval
 from .collect import collect
 from .dataset import configuration_columns
 
@@ -34,15 +34,6 @@ class PointComparison:
     a_ci95: tuple[float, float] | None
     b_samples_per_s: float | None
     b_ci95: tuple[float, float] | None
-
-
-def _interval(row: pd.Series | None) -> tuple[float, float] | None:
-    if row is None:
-        return None
-    low, high = row.get("samples_per_s_ci95_low"), row.get("samples_per_s_ci95_high")
-    if low is None or high is None or pd.isna(low) or pd.isna(high):
-        return None
-    return float(low), float(high)
 
 
 def _speed(row: pd.Series | None) -> float | None:
@@ -61,7 +52,7 @@ def _verdict(a: pd.Series | None, b: pd.Series | None) -> str:
         return UNMATCHED
     va, vb = _valid(a), _valid(b)
     if va and vb:
-        ia, ib = _interval(a), _interval(b)
+        ia, ib = speed_interval(a), speed_interval(b)
         if ia is None or ib is None:  # no interval: nothing claims they differ
             return AGREE
         return AGREE if intervals_overlap(ia, ib) else DISAGREE
@@ -82,8 +73,8 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> list[PointComparison]:
     for point in [*rows_a, *(k for k in rows_b if k not in rows_a)]:
         ra, rb = rows_a.get(point), rows_b.get(point)
         out.append(PointComparison(point, _verdict(ra, rb), _speed(ra) if ra is not None and _valid(ra) else None,
-                                   _interval(ra), _speed(rb) if rb is not None and _valid(rb) else None,
-                                   _interval(rb)))
+                                   speed_interval(ra), _speed(rb) if rb is not None and _valid(rb) else None,
+                                   speed_interval(rb)))
     return out
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from osmi_ee.osmi.stats import intervals_overlap
 
-from .aggregate import key_columns
+from .aggregate import key_columns, speed_interval
 from .dataset import missing
 
 NO_MODEL = "all"  # the key when the sweep has no `model` axis
@@ -54,19 +54,14 @@ def _choice(row: pd.Series, cols: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _interval(row: pd.Series) -> tuple[float, float] | None:
-    low, high = row.get("samples_per_s_ci95_low"), row.get("samples_per_s_ci95_high")
-    return None if missing(low) or missing(high) else (float(low), float(high))
-
-
 def tied_with(best: pd.Series, others: pd.DataFrame) -> list[int] | None:
     """Positions in `others` whose interval overlaps `best`'s: not measurably slower,
     so a tie. None when `best` has no interval (nothing can be told apart)."""
-    own = _interval(best)
+    own = speed_interval(best)
     if own is None:
         return None
     return [i for i, (_, row) in enumerate(others.iterrows())
-            if (iv := _interval(row)) is None or intervals_overlap(own, iv)]
+            if (iv := speed_interval(row)) is None or intervals_overlap(own, iv)]
 
 
 def _entry(group: pd.DataFrame, cols: Sequence[str], slo_p99_ms: float | None) -> dict[str, Any]:

@@ -135,9 +135,9 @@ class ExperimentPaths:
         if self.logs.is_dir():
             leftovers += [p for p in self.logs.iterdir() if p.name not in keep_logs]
         numbers = self.attempt_numbers()
+        n = (numbers[-1] if numbers else 0) + 1  # what the leftovers were
         if not leftovers:
-            return (numbers[-1] if numbers else 0) + 1
-        n = (numbers[-1] if numbers else 0) + 1
+            return n
         archive = self.attempt(n)
         (archive / "logs").mkdir(parents=True, exist_ok=True)
         for p in leftovers:
