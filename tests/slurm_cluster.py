@@ -1,5 +1,7 @@
-"""Helpers for tests that run jobs on the real single-node Slurm test cluster (.ci/slurm-up).
+"""Helpers for tests that run jobs on the real Slurm test cluster (.ci/slurm-up).
 
+That cluster has 3 nodes (osmi-n1..osmi-n3, each in its own network namespace with its own address and
+hostname) where root can create namespaces, else one node 'localhost' (OSMI_SLURM_NODES=1).
 Not a test module. Typical use in a fixture::
 
     env = slurm_cluster.ensure_cluster()            # {"SLURM_CONF": ...}; starts the cluster if needed
@@ -107,6 +109,74 @@ def stop_started_cluster(timeout_s: float = 120) -> None:
     if p.returncode != 0:
         raise RuntimeError(f"{SLURM_DOWN} failed (rc={p.returncode}):\n{p.stderr[-3000:]}")
     _started.clear()
+
+
+# ---- nodes and their namespaces ----------------------------------------------------------------
+
+NETNS_DIR = Path("/run/netns")
+
+
+def nodes(env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(name, address) of every node, by name, from `scontrol show node -o` (NodeName, NodeAddr)."""
+    p = _run(["scontrol", "show", "node", "-o"], env)
+    if p.returncode != 0:
+        raise RuntimeError(f"scontrol show node failed (rc={p.returncode}): {p.stderr.strip()}")
+    found = []
+    for line in p.stdout.splitlines():
+        fields = dict(_KV.findall(line.strip()))
+        if "NodeName" in fields:
+            found.append((fields["NodeName"], fields.get("NodeAddr", fields["NodeName"])))
+    return sorted(found)
+
+
+def _netns_inode(node: str) -> int:
+    try:
+        return (NETNS_DIR / node).stat().st_ino
+    except FileNotFoundError:
+        raise FileNotFoundError(f"node {node!r} has no network namespace ({NETNS_DIR / node}): "
+                                "a single-node cluster (OSMI_SLURM_NODES=1)?") from None
+
+
+def proc_read(pid: int, name: str) -> bytes:
+    """/proc/<pid>/<name> (comm, cmdline, environ, ...), b"" if the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:  # gone meanwhile, or a kernel thread
+        return b""
+
+
+def namespace_pids(node: str, include_slurmd: bool = False) -> list[int]:
+    """Pids of the processes in a node's network namespace (/run/netns/<node>), its slurmd left out
+    unless include_slurmd: job steps, their children and anything they left behind.
+
+    Raises FileNotFoundError if the node has no namespace. Needs root (to read other users' /proc).
+    """
+    want = f"net:[{_netns_inode(node)}]"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "ns" / "net") != want:
+                continue
+        except OSError:
+            continue
+        if include_slurmd or proc_read(int(entry.name), "comm").strip() != b"slurmd":
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def job_pids(job_id: str | int, node: str) -> list[int]:
+    """The processes of one job in a node's namespace: its slurmstepd ("slurmstepd: [<id>.<step>]")
+    and every process whose environment names the job (SLURM_JOB_ID=<id>), the children that
+    escaped their step included. Other jobs sharing the node are left out."""
+    env_mark = f"SLURM_JOB_ID={job_id}".encode()
+    stepd_mark = f"slurmstepd: [{job_id}.".encode()
+    mine = []
+    for pid in namespace_pids(node):
+        if proc_read(pid, "cmdline").startswith(stepd_mark) or env_mark in proc_read(pid, "environ").split(b"\0"):
+            mine.append(pid)
+    return mine
 
 
 # ---- jobcomp file ------------------------------------------------------------------------------
