@@ -1,4 +1,5 @@
-"""Experiments -> files: one directory per experiment, plus sweep.json.
+"""Experiments -> files: one directory per experiment, plus sweep.json, the job
+arrays submit sends (ee/arrays.py) and the folder `cms ee list` scans.
 
 Everything is computed and checked in memory first, so bad input writes
 nothing. Files are written atomically. An experiment directory that already
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from osmi_ee.ee.arrays import write_arrays, write_ee_view
 from osmi_ee.ee.config import AXES, Grid
 from osmi_ee.ee.expand import Experiment, expand
 from osmi_ee.ee.paths import ExperimentPaths, SweepPaths, write_atomic, write_json
@@ -183,12 +185,13 @@ def _shares_containers(data: Any) -> bool:
 
 
 def generate(grid: Grid, sweep_dir: Path, template: Path = DEFAULT_TEMPLATE,
-             python: str = sys.executable) -> list[Experiment]:
-    """Writes the sweep for `grid` under `sweep_dir`; returns its experiments."""
+             python: str = sys.executable, experiments: list[Experiment] | None = None) -> list[Experiment]:
+    """Writes the sweep for `grid` under `sweep_dir`; returns its experiments
+    (`experiments`: these instead of the grid's expansion; ee/search.py's steps so far)."""
     sweep_dir = sweep_dir.resolve()
     paths = SweepPaths(sweep_dir)
     template_text = template.read_text()
-    experiments = expand(grid)
+    experiments = expand(grid) if experiments is None else experiments
     render = Renderer(template_text)  # cloudmesh-ee renders once per set of keys
     config_text = ConfigTexts(sweep_dir)
     rendered = []
@@ -210,13 +213,18 @@ def generate(grid: Grid, sweep_dir: Path, template: Path = DEFAULT_TEMPLATE,
         for chunk in chunks:
             names.write(chunk)
 
+    # How submit sends the sweep (one job array per resource shape), and the folder
+    # `cms ee list` scans: both from the experiments just written.
+    write_arrays(grid, paths, experiments, python)
+    write_ee_view(paths, [e.id for e in experiments])
     write_json(paths.sweep, {
         "name": grid.name,
         "grid": str(grid.source.resolve()),
         "overrides": list(grid.overrides),  # applied on top of the grid file, in this order
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "profile": grid.profile.name,
-        "axes": list(AXES),
+        # batching only where some experiment has it on: other sweeps keep their columns
+        "axes": [a for a in AXES if a != "batching" or any("batching" in e.params for e in experiments)],
         "experiments": [e.id for e in experiments],
         "params": {e.id: e.params for e in experiments},
     })
