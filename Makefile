@@ -1,7 +1,9 @@
 # osmi-ee: the OSMI inference benchmark over parameter grids.
 #   make demo                      install, export models, run the local grid, write the report
 #   make test                      install and run the test suite
+#   make triton                    the local Triton and perf_analyzer (build/triton-env), installed and checked
 #   make models|generate|run|submit|status|analyze [EXPERIMENT=experiments/<grid>.yaml]
+#   make search [EXPERIMENT=experiments/search.yaml]   find each configuration's peak load under the objective, then analyze
 #   make bench                     measure the tool itself (build/bench.json; BENCH_ARGS=--quick)
 #   make <target> ARGS="..."       pass flags and overrides to osmi-ee (e.g. ARGS="measure.duration_s=5")
 #   make clean                     remove runs/ and build/
@@ -15,7 +17,7 @@ PYTEST_ARGS ?=
 ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install system models generate run submit status analyze demo test bench clean
+.PHONY: help install system models generate run submit status analyze demo test bench clean triton search
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -62,15 +64,28 @@ demo: install
 	@$(OSMI) generate --grid $(EXPERIMENT) $(ARGS)
 	@$(OSMI) run --grid $(EXPERIMENT); rc=$$?; $(OSMI) analyze --grid $(EXPERIMENT) || exit $$?; exit $$rc
 
-test: install
+# The peak search: per configuration, doubling then bisection of the load (clients or rate) to the
+# highest one whose run is VALID, stable and meets objective.p99_ms; every step is a run of the sweep.
+search: EXPERIMENT = experiments/search.yaml
+search: install
+	@$(OSMI) models --grid $(EXPERIMENT)
+	@$(OSMI) search --grid $(EXPERIMENT) --analyze $(ARGS)
+
+# Triton from PyPI (tritonserver 2.51 + python backend, perf_analyzer) in a Debian Python 3.11
+# environment; idempotent; the check fails loudly on a wrong numpy (0-byte answers otherwise).
+triton: install
+	@$(OSMI) setup triton
+
+test: install triton
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 # Measure the tool itself (client CPU vs bare gRPC and the OSMI-style client, start-up, RSS,
 # HAProxy efficiency, generate and analyze speed, accounting under load (64 clients),
-# reproducibility (one grid swept twice, osmi-ee compare)); figures in build/bench.json, the last
+# reproducibility (one grid swept twice, osmi-ee compare), our client vs perf_analyzer on TF-Serving's
+# API and on Triton (osmi-ee calibrate; needs `make triton`)); figures in build/bench.json, the last
 # stdout line is the same JSON object. BENCH_ARGS=--quick for a smoke run.
 BENCH_ARGS ?=
-bench: install
+bench: install triton
 	@$(PY) -m osmi_ee.bench $(BENCH_ARGS)
 
 clean:

@@ -33,6 +33,8 @@ from osmi_ee.osmi.schema import SUMMARY_SCHEMA
 from .dataset import (
     FIXED_COLUMNS,
     as_int,
+    batching_label,
+    batching_metrics,
     cost_per_million_samples,
     empty_metrics,
     finite,
@@ -310,6 +312,10 @@ def _experiment_row(sweep_dir: Path, exp_id: str, axes: list[str], configs: _Con
     if any(axis not in params for axis in axes):
         config = _yaml(source)
         params = {**_config_params(config), **params}
+    if "batching" in axes or "batching" in params:  # settings as columns, the name as the axis value
+        setting = params.get("batching")
+        metrics.update(batching_metrics(setting, (summary or {}).get("server_batching")))
+        params = {**params, "batching": batching_label(setting)}
     measure = configs.measure(source)
     # The config says what the clients were told; their own summaries say it too.
     metrics["streams"] = as_int(measure.get("streams")) or metrics["streams"]

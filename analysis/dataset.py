@@ -78,6 +78,17 @@ COLUMNS: tuple[Column, ...] = (
     Column("gpu_util_percent_mean", "float", "percent", "GPU utilisation (NVML), mean over the window and GPUs"),
     Column("gpu_power_w_mean", "float", "W per GPU", "GPU power (NVML), mean over the window and GPUs"),
     Column("energy_j_per_sample", "float", "J/sample", "GPU energy over the window / ok samples (valid runs only)"),
+    Column("batching_max_batch_size", "int", "samples",
+           "server-side batching: largest merged batch (empty: batching off)"),
+    Column("batching_timeout_us", "int", "µs", "server-side batching: how long an incomplete batch waits"),
+    Column("batching_threads", "int", "batches at once", "server-side batching: num_batch_threads"),
+    Column("batching_max_enqueued", "int", "batches", "server-side batching: max_enqueued_batches"),
+    Column("server_batches", "int", "batches", "batches the servers ran in the measured window, all shards "
+           "(empty where the servers report none: batching off)"),
+    Column("server_batch_size_mean", "float", "samples", "mean server-side batch size in the window"),
+    Column("server_batch_size_p50", "float", "samples", "median server-side batch size (TF-Serving: the "
+           "upper bound of its power-of-two bucket; osmi-model-server: exact)"),
+    Column("server_batch_size_max", "float", "samples", "largest server-side batch (bucket bound, as p50)"),
     Column("price_per_gpu_hour", "float", "currency/GPU-hour", "the profile's price of this GPU type"),
     Column("cost_per_million_samples", "float", "currency",
            "price × servers / 3600 / samples_per_s × 1e6 (valid, priced runs only)"),
@@ -85,8 +96,10 @@ COLUMNS: tuple[Column, ...] = (
 
 # Columns whose names depend on the sweep, documented by pattern.
 PARAM_DOC = Column("<axis>", "", "as in the grid",
-                   "one column per grid axis, in sweep.json order: model, servers, clients, batch, "
-                   "gpu, scenario, rate (requests/s, open loop), repeat")
+                   "one column per grid axis, in sweep.json order: model, server (osmi, tfserving, "
+                   "triton ...; only in sweeps with the server axis), servers, clients, batch, "
+                   "gpu, scenario, rate (requests/s, open loop), batching (the setting's name, or off; "
+                   "only in sweeps that turn it on), repeat")
 BACKEND_PREFIX, BACKEND_SUFFIX = "backend_", "_requests"
 BACKEND_DOC = Column(f"{BACKEND_PREFIX}<name>{BACKEND_SUFFIX}", "int", "requests",
                      "measured requests HAProxy sent to backend <name> (s0, s1, ...); empty when the "
@@ -210,6 +223,30 @@ def cost_per_million_samples(price_per_gpu_hour: Any, servers: Any, samples_per_
     if n is None or n < 1 or math.isnan(price) or price < 0 or math.isnan(speed) or speed <= 0:
         return math.nan
     return price * n / 3600.0 / speed * 1e6
+
+
+BATCHING_OFF_LABEL = "off"
+
+
+def batching_label(setting: Any) -> str:
+    """The `batching` column: the setting's name, or off."""
+    return str(setting.get("name")) if isinstance(setting, dict) and setting.get("name") else BATCHING_OFF_LABEL
+
+
+def batching_metrics(setting: Any, server_batching: Any) -> dict[str, Any]:
+    """The batching_* and server_batch* columns from an experiment's `batching` value and
+    its summary's `server_batching` block (either may be missing)."""
+    setting = setting if isinstance(setting, dict) else {}
+    sizes = server_batching.get("batch_sizes") if isinstance(server_batching, dict) else None
+    sizes = sizes if isinstance(sizes, dict) else {}
+    return {"batching_max_batch_size": as_int(setting.get("max_batch_size")),
+            "batching_timeout_us": as_int(setting.get("batch_timeout_us")),
+            "batching_threads": as_int(setting.get("num_batch_threads")),
+            "batching_max_enqueued": as_int(setting.get("max_enqueued_batches")),
+            "server_batches": as_int(sizes.get("batches")),
+            "server_batch_size_mean": finite(sizes.get("mean")),
+            "server_batch_size_p50": finite(sizes.get("p50")),
+            "server_batch_size_max": finite(sizes.get("max"))}
 
 
 def finite(value: Any) -> float:

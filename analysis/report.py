@@ -25,6 +25,7 @@ import pandas as pd
 from osmi_ee.ee.paths import ExperimentPaths, SweepPaths, atomic_write
 
 from . import report_tables as tables
+from . import search_charts
 from .aggregate import SUMMARY_FILE, key_columns
 from .charts import Chart
 from .collect import SweepError, load_sweep
@@ -51,6 +52,7 @@ THROUGHPUT_MEANING = (
 # (anchor, heading, introduction, what to say when the section has no chart)
 SECTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("recommendation", "Recommendation", "", ""),
+    ("search", "Peak search", "", ""),  # only in sweeps `osmi-ee search` wrote (analysis/search_charts.py)
     ("latency-throughput", "Latency vs throughput",
      "The first chart to read: each configuration is a point, its throughput against its p50 "
      "(solid) and p99 (dashed) latency, and a line joins one server count's configurations in "
@@ -78,6 +80,7 @@ SECTIONS: tuple[tuple[str, str, str, str], ...] = (
      "get in a valid run (min_backend_share × 1/N), a red cross = a backend below it. Invalid "
      "runs are included here (marked), since a starved backend is often why a run is invalid.", ""),
     ("resources", "Resource use: CPU, GPU and energy", "", ""),
+    ("batching", "Server-side batching", "", ""),  # only in sweeps with the batching axis
     ("invalid", "Invalid and missing runs", "", ""),
     ("repeats", "Configurations and repeats (95% CI)", "", ""),
 )
@@ -188,6 +191,17 @@ def _resources(table: pd.DataFrame, cols: list[str]) -> dict[str, Any]:
         "in the measured window per successful request."]}
 
 
+def _batching(runs: pd.DataFrame) -> dict[str, Any] | None:
+    found = tables.batching(runs)
+    if found is None:
+        return None
+    return {"table": found, "paragraphs": [
+        "One row per run. The setting (max batch, timeout, threads) is what the servers were started "
+        "with; server batches and their sizes are what the servers reported for the measured window "
+        "(all shards together; TF-Serving reports sizes in power-of-two buckets, osmi-model-server "
+        "exactly). Empty: batching off, or the server reported none."]}
+
+
 def _invalid(runs: pd.DataFrame) -> dict[str, Any]:
     found = tables.invalid(runs)
     if found is None:
@@ -221,11 +235,14 @@ def _overview(runs: pd.DataFrame, table: pd.DataFrame, sweep: dict[str, Any]) ->
 
 
 def _sections(runs: pd.DataFrame, table: pd.DataFrame, images: dict[str, list[dict[str, str]]],
-              rec: dict[Any, dict[str, Any]], slo_p99_ms: float | None) -> list[dict[str, Any]]:
+              rec: dict[Any, dict[str, Any]], slo_p99_ms: float | None,
+              search: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     cols = key_columns(table)
-    special = {"recommendation": lambda: _recommendation(rec, cols, varying(runs), slo_p99_ms),
+    special = {"search": lambda: search,
+               "recommendation": lambda: _recommendation(rec, cols, varying(runs), slo_p99_ms),
                "resources": lambda: _resources(table, cols),
                "invalid": lambda: _invalid(runs),
+               "batching": lambda: _batching(runs),
                "repeats": lambda: _repeats(table, cols)}
     out = []
     for anchor, heading, intro, empty in SECTIONS:
@@ -234,6 +251,8 @@ def _sections(runs: pd.DataFrame, table: pd.DataFrame, images: dict[str, list[di
         section: dict[str, Any] = {"id": anchor, "title": heading, "strong": [], "table": None,
                                    "images": shown, "paragraphs": [intro] if intro and drawn else []}
         extra = special[anchor]() if anchor in special else {}
+        if extra is None:  # a section this sweep has nothing for
+            continue
         section["paragraphs"] += extra.pop("paragraphs", [])
         section.update(extra)
         if not shown and empty:
@@ -266,9 +285,11 @@ def write_report(sweep_dir: Path | str, runs: pd.DataFrame, table: pd.DataFrame,
     except SweepError:
         sweep = {}
     title = f"osmi-ee report: {sweep.get('name') or sweep_dir.name}"
+    charts = [*charts, *search_charts.charts(sweep_dir)]  # the peak search's curves, when it ran
     page = _render({"title": title, "provenance": provenance(sweep_dir, runs),
                     "overview": _overview(runs, table, sweep),
-                    "sections": _sections(runs, table, _images(charts, out_dir), recommendation, slo_p99_ms)})
+                    "sections": _sections(runs, table, _images(charts, out_dir), recommendation, slo_p99_ms,
+                                          search_charts.section(sweep_dir))})
     index = SweepPaths(sweep_dir).report_index
     atomic_write(index, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return index

@@ -128,6 +128,29 @@ def resources(table: pd.DataFrame, cols: Sequence[str]) -> Table | None:
     return Table("resources", headers, rows, more=_more(len(rows_df), "configurations"))
 
 
+_BATCHING_CELLS = (("batching_max_batch_size", "max batch", "{:,.0f}"),
+                   ("batching_timeout_us", "timeout µs", "{:,.0f}"),
+                   ("batching_threads", "batch threads", "{:,.0f}"),
+                   ("server_batches", "server batches", "{:,.0f}"),
+                   ("server_batch_size_mean", "mean batch (samples)", "{:,.2f}"),
+                   ("server_batch_size_p50", "p50 batch", "{:,.0f}"),
+                   ("server_batch_size_max", "max batch run", "{:,.0f}"))
+
+
+def batching(runs: pd.DataFrame) -> Table | None:
+    """Each run's server-side batching setting, its speed and the batch sizes the servers
+    reported; None when the sweep has no batching axis."""
+    if "batching" not in runs.columns:
+        return None
+    cols = param_columns(runs)
+    headers = [*cols, "samples/s", *(title for _, title, _ in _BATCHING_CELLS)]
+    rows: list[list[Cell]] = []
+    for _, r in runs.head(MAX_TABLE_ROWS).iterrows():
+        rows.append([*(value_text(r[c]) for c in cols), num(r["samples_per_s"]),
+                     *(fmt(r[name], spec) for name, _, spec in _BATCHING_CELLS)])
+    return Table("batching", headers, rows, more=_more(len(runs), "runs"))
+
+
 def _more(total: int, what: str) -> str:
     extra = total - MAX_TABLE_ROWS
     return f"{extra} more {what} in {SUMMARY_FILE}." if extra > 0 else ""

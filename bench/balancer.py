@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from osmi_ee.bench.clients import Clients
-from osmi_ee.bench.common import Sizes, machine_cpu_s, proc_cpu_s, say
+from osmi_ee.bench.common import MODEL, Sizes, machine_cpu_s, proc_cpu_s, say
 from osmi_ee.ee.paths import write_atomic
 from osmi_ee.osmi import haproxy
 from osmi_ee.osmi.fleet import Fleet
@@ -16,7 +16,8 @@ from osmi_ee.osmi.schema import MEASURED
 
 
 def clients_at_once(clients: Clients, targets: list[str], tag: str, s: Sizes, watch: dict[str, int],
-                    stats_port: int | None = None) -> tuple[dict[str, Any], dict[str, int]]:
+                    stats_port: int | None = None, *, duration_s: float | None = None, model: str = MODEL,
+                    batch: int = 1) -> tuple[dict[str, Any], dict[str, int]]:
     """Closed-loop clients, one per target entry, released together through
     osmi-client's barrier. Returns their throughput (ok requests / window, all
     together), the CPU each watched process (name -> pid) and the clients spent per
@@ -24,9 +25,10 @@ def clients_at_once(clients: Clients, targets: list[str], tag: str, s: Sizes, wa
     stats port, what it forwarded to each backend from the `go` on."""
     import pyarrow.parquet as pq
 
-    paths = clients.prepare(tag, warmup=5, warmup_s=0.5)
+    duration_s = s.lb_duration_s if duration_s is None else duration_s
+    paths = clients.prepare(tag, warmup=5, warmup_s=0.5, model=model, batch=batch)
     barrier = paths.barrier
-    children = [clients.start(paths, k, target, duration_s=s.lb_duration_s) for k, target in enumerate(targets)]
+    children = [clients.start(paths, k, target, duration_s=duration_s) for k, target in enumerate(targets)]
     deadline = time.monotonic() + 120
     while len(list(barrier.glob("ready-*"))) < len(children):
         dead = [c for c in children if not c.alive()]
@@ -42,13 +44,13 @@ def clients_at_once(clients: Clients, targets: list[str], tag: str, s: Sizes, wa
     # CPU is sampled over the steady middle of the window (not the clients'
     # start or their exit, when they write records), for all our processes
     # and for the whole machine: the rest is other users' load.
-    margin = min(0.25, s.lb_duration_s / 10)
+    margin = min(0.25, duration_s / 10)
     time.sleep(max(0.0, go + margin - time.time()))
     t_a, cpu_a, busy_a = time.time(), {n: proc_cpu_s(p) for n, p in watch.items()}, machine_cpu_s()
-    time.sleep(max(0.0, go + s.lb_duration_s - margin - time.time()))
+    time.sleep(max(0.0, go + duration_s - margin - time.time()))
     t_b, cpu_b, busy_b = time.time(), {n: proc_cpu_s(p) for n, p in watch.items()}, machine_cpu_s()
     for child in children:
-        child.process.wait(timeout=s.lb_duration_s + 120)
+        child.process.wait(timeout=duration_s + 120)
         if child.process.returncode != 0:
             raise RuntimeError(child.describe_exit())
     ok, first, last, ended_in_sample = 0, None, None, 0

@@ -50,9 +50,20 @@ class Bench:
             r.update(bench_analyze(s, Path(args.data_dir)))
         if parts & {"startup", "cpu", "lb"}:
             self.bare_servers(parts)
+        if "stack" in parts:  # served vs in-process throughput of the same SavedModel, side by side
+            from osmi_ee.bench.stack import STACK_MODELS, bench_stack
+
+            r.update(bench_stack(self.clients, self.group, self.ensure_model(STACK_MODELS), s))
         # Whole experiments through the real runner: accounting under load, reproducibility.
         if parts & {"load", "repro"}:
             self.sweeps(parts)
+        if "calibrate" in parts:  # our client vs perf_analyzer, on TF-Serving's API and on Triton
+            self.calibrate()
+        if "search" in parts:  # osmi-ee search vs an exhaustive sweep of the same configuration
+            from osmi_ee.bench.search import bench_search
+
+            r.update(bench_search(self.ensure_model(), self.work / "sweeps", max_load=s.search_max,
+                                  duration_s=s.search_duration_s, say=say))
         # Last, so that the sweeps a previous bench deleted on its way out are minutes
         # old: ext4 is slow to create inodes right after many were deleted (bench_generate).
         if "generate" in parts:
@@ -109,13 +120,26 @@ class Bench:
             self.result.update(repro)
             say(f"repro: {repro['repro_counts']}")
 
-    def ensure_model(self) -> Path:
+    def calibrate(self) -> None:
+        from osmi_ee.bench.calibrate import DEFAULT_TOLERANCE, Load, agree, calibrate
+
+        load = Load(duration_s=2.0, rounds=1) if self.args.quick else Load()
+        rows = calibrate(["tfserving", "triton"], load, self.ensure_model(), say=say)
+        self.result["calibrate"] = rows
+        self.result["calibrate_tolerance"] = DEFAULT_TOLERANCE
+        self.result["calibrate_agree"] = all(agree(r, DEFAULT_TOLERANCE) for r in rows)
+        for r in rows:
+            say(f"calibrate {r['mode']}: ours / perf_analyzer throughput {r['throughput_ratio']:.3f}, "
+                f"p50 {r['p50_ratio']:.3f}")
+
+    def ensure_model(self, names: tuple[str, ...] = (MODEL,)) -> Path:
         models = Path(self.args.models_dir).resolve()
-        if not any((models / MODEL).glob("*/saved_model.pb")):
-            say(f"exporting {MODEL} to {models}")
+        missing = [name for name in names if not any((models / name).glob("*/saved_model.pb"))]
+        if missing:
+            say(f"exporting {', '.join(missing)} to {models}")
             from osmi_ee.osmi.export import export_models
 
-            export_models([MODEL], models, samples=8, epochs=1)
+            export_models(missing, models, samples=8, epochs=1)
         return models
 
     def close(self) -> None:
@@ -126,7 +150,7 @@ class Bench:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="osmi-bench", description="Measure osmi-ee itself: client CPU vs a bare gRPC loop and "
-        "the OSMI-style client, start-up, RSS, HAProxy efficiency, accounting under load, "
+        "the OSMI-style client, start-up, RSS, HAProxy efficiency, served vs in-process throughput, accounting under load, "
         "reproducibility, generation and analysis speed.")
     parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke test, not a measurement)")
     parser.add_argument("--out", default="build/bench.json", help="where to write the figures (JSON)")

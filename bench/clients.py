@@ -27,12 +27,13 @@ class Clients:
     def __init__(self, group: ProcessGroup, work: Path, logs: Path) -> None:
         self.group, self.work, self.logs = group, work, logs
 
-    def prepare(self, tag: str, *, batch: int = 1, warmup: int = 5, warmup_s: float = 0.0) -> ExperimentPaths:
+    def prepare(self, tag: str, *, batch: int = 1, warmup: int = 5, warmup_s: float = 0.0,
+                model: str = MODEL) -> ExperimentPaths:
         """The folder of run `tag`, with its config.yaml."""
         paths = ExperimentPaths(self.work / tag)
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.config.write_text(yaml.safe_dump({
-            "name": "bench", "experiment": {"model": MODEL, "batch": batch},
+            "name": "bench", "experiment": {"model": model, "batch": batch},
             "measure": {"warmup_requests": warmup, "warmup_s": warmup_s, "timeout_s": 60.0}}, sort_keys=False))
         return paths
 

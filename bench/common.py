@@ -43,15 +43,21 @@ class Sizes:
     load_clients: int = 64  # the `load` sweep: clients for load_s seconds
     load_s: float = 60.0
     repro_duration_s: float = 6.0
+    search_max: int = 64  # the `search` part: clients 1..search_max, searched and swept on the doubling ladder
+    search_duration_s: float = 3.0
+    stack_rounds: int = 2  # the `stack` part: in-process and served alternate; per concurrency the median counts
+    stack_duration_s: float = 3.0
+    stack_concurrency: tuple[int, ...] = (1, 2, 4)  # in-process callers and closed-loop clients alike
 
 
 FULL = Sizes(gen_axes=GEN_AXES)
 QUICK = Sizes(client_requests=200, raw_requests=200, anchor_requests=50, warmup=5, cpu_rounds=1, anchor_runs=1,
               startup_runs=1, lb_clients=2, lb_duration_s=1.0, lb_rounds=1,
               gen_axes=QUICK_GEN_AXES, synth_runs=8, synth_records=2048,
-              load_clients=8, load_s=5.0, repro_duration_s=2.0)
+              load_clients=8, load_s=5.0, repro_duration_s=2.0, search_max=8, search_duration_s=2.0,
+              stack_rounds=1, stack_duration_s=1.0, stack_concurrency=(1, 2))
 
-PARTS = ("analyze", "generate", "startup", "cpu", "lb", "load", "repro")
+PARTS = ("analyze", "generate", "startup", "cpu", "lb", "stack", "load", "repro", "calibrate", "search")
 PAYLOAD_BATCH = 64  # the second client-CPU comparison: an OSMI-sized request
 
 

@@ -8,6 +8,8 @@ TARGETS = {  # the bounds targets_met checks
     "client_vs_raw": 1.3,  # client CPU/request <= 1.3 x raw
     "client_vs_anchor": 1 / 3,  # client CPU/request <= 1/3 x anchor
     "lb_efficiency": 0.95,
+    # served / in-process throughput at batch 16 (bench.stack), per model
+    "stack_efficiency": {"medium_cnn": 0.9, "small_lstm": 0.8},
     "generate_10k_s": 5.0,
     "analyze_s": 30.0,
     "startup_s": 0.5,
@@ -36,7 +38,15 @@ def targets_met(r: dict[str, Any]) -> dict[str, bool]:
         "load_every_request_accounted": (("load_every_request_accounted",),
                                          lambda: r["load_every_request_accounted"]),
         "repro_no_disagreement": (("repro_counts",), lambda: r["repro_counts"]["DISAGREE"] == 0),
+        "calibrate_within_tolerance": (("calibrate_agree",), lambda: r["calibrate_agree"]),
+        "search_same_peak_in_half_the_runs": (("search_within_one_step", "search_runs", "search_dense_runs"),
+                                              lambda: r["search_within_one_step"]
+                                              and r["search_runs"] <= r["search_dense_runs"] / 2),
     }
+    for model, bound in TARGETS["stack_efficiency"].items():  # each model the stack part measured
+        if model in r.get("stack_efficiency", {}):
+            checks[f"stack_efficiency_{model}_ge_{bound}"] = (
+                ("stack_efficiency",), lambda model=model, bound=bound: r["stack_efficiency"][model] >= bound)
     # bool(): numpy comparisons give numpy bools, which JSON cannot write
     return {name: bool(test()) for name, (needs, test) in checks.items() if all(k in r for k in needs)}
 
@@ -61,6 +71,22 @@ def notes(r: dict[str, Any]) -> dict[str, str]:
                             "the first record's start, reading its config.yaml included, as in a job); "
                             "client_startup_s_reported is the client's own startup_s (its process start "
                             "from /proc to its first request)",
+        "calibrate": "per server (tfserving mode: TF-Serving's API; triton mode), our client and perf_analyzer "
+                     "at the same model, batch and concurrency, alternating rounds; ratios are ours / "
+                     "perf_analyzer (throughput in samples/s, p50 latency); agreement = both within "
+                     "calibrate_tolerance of 1",
+        "search": "osmi-ee search (clients 1..search_dense_runs, doubling then bisection) vs an exhaustive "
+                  "sweep of the same configuration on the doubling ladder search_exhaustive_loads (not every "
+                  "count: 64 real runs take tens of minutes on 2 cores); the objective (search_objective_p99_ms) "
+                  "is set between the ladder's middle loads' latencies; within one step = the search's peak "
+                  "lies from the ladder's peak up to the next ladder load (exclusive); runs are held against "
+                  "the search_dense_runs runs of a dense 1..N sweep (target: at most half)",
+        "stack_efficiency": "per model at stack_batch: best served throughput (osmi-client -> HAProxy -> 1 "
+                            "osmi-model-server shard, stack_concurrency closed-loop clients) / best in-process "
+                            "throughput of the same SavedModel loaded as the server loads it (same intra-op "
+                            "threads, stack_concurrency concurrent callers), rounds interleaved on the same cores; "
+                            "best = the concurrency with the highest median over rounds; stack.<model> has every "
+                            "run and the served CPU per request of server, HAProxy and clients",
         "lb_efficiency": "median over rounds of (HAProxy throughput / direct throughput, same clients "
                          "split over both servers at the same time); lb_rounds has each round's CPU "
                          "per request of servers, HAProxy and clients and the machine's busy cores",

@@ -50,6 +50,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from osmi_ee.ee.generate import generate
 
     sweep, grid = _sweep_for(args)
+    if grid.search is not None and grid.search.enabled:  # its searched axis holds only search.start
+        print(f"osmi-ee generate: this grid searches {grid.search.axis} (search:), so it is not expanded here; "
+              f"`osmi-ee search --grid {args.grid}` runs the search", file=sys.stderr)
     if args.dry_run:
         from osmi_ee.ee.expand import expand
 
@@ -108,19 +111,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if not bad else 3
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from osmi_ee.ee.slurm import SubmissionError, submit
+def cmd_search(args: argparse.Namespace) -> int:
+    from osmi_ee.ee.search import main_search
 
-    sweep, _ = _sweep_for(args)
+    sweep, grid = _sweep_for(args)
+    if grid.search is None or not grid.search.enabled:
+        raise GridError(args.grid, ["search: this grid has no enabled `search:` section (e.g. "
+                                    "search: {axis: clients, start: 1, max: 64}); see experiments/search.yaml"])
+    rc = main_search(grid, sweep.root)
+    if rc == 0 and args.analyze:
+        from osmi_ee.analysis.cli import main as analyze_main
+
+        extra = ["--slo-p99-ms", str(grid.objective.p99_ms)] if grid.objective and grid.objective.p99_ms else []
+        return analyze_main([str(sweep.root), *extra])
+    return rc
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from osmi_ee.ee import preflight
+    from osmi_ee.ee.arrays import load_arrays
+    from osmi_ee.ee.slurm import SubmissionError, plan, refusals, submit
+
+    sweep, grid = _sweep_for(args)
     _require_generated(sweep)
+    if not sweep.arrays.exists():
+        raise GridError(sweep.root, ["generated before job arrays existed: run `make generate` again "
+                                     "(results are kept), then `make submit`"])
     try:
-        submitted = [o for o in submit(sweep, force=args.force) if not o.skipped]
+        todo = plan(sweep, force=args.force)
+        _, python = load_arrays(sweep)
+        problems = preflight.check(grid, sweep, todo.to_submit, python,
+                                   models_exported_by_job=args.export_models,
+                                   export_hint=f"make models EXPERIMENT={args.grid}") if todo.to_submit else []
+        problems += refusals(sweep, grid.job, todo, export_models=args.export_models)
+        if problems:  # one message, nothing queued
+            print(f"osmi-ee submit: nothing submitted; {len(problems)} problem(s) would fail the "
+                  f"{len(todo.to_submit)} job(s):", file=sys.stderr)
+            for problem in problems:
+                print(f"  - {problem}", file=sys.stderr)
+            return 2
+        sent = submit(sweep, grid.job, todo, export_models=args.export_models)
     except SubmissionError as exc:
         print(f"osmi-ee submit: {exc}", file=sys.stderr)
         return 2
-    for outcome in submitted:
-        print(f"{outcome.job_id}\t{outcome.id}")
-    print(f"submitted {len(submitted)} job(s); ids recorded in {sweep.jobs}")
+    if sent.export_job:
+        print(f"{sent.export_job}	export job: the arrays start once it has exported the models")
+    for array in sent.arrays:
+        print(f"{array['job_id']}	array {array['name']}: {array['tasks']} task(s), --array={array['array']}")
+    if sent.collect_job:
+        print(f"{sent.collect_job}	collect job: runs analyze once every array has ended")
+    tasks = sum(a["tasks"] for a in sent.arrays)
+    print(f"submitted {tasks} experiment(s) in {len(sent.arrays)} job array(s); "
+          f"task ids (<array>_<index>) recorded in {sweep.jobs}")
     return 0
 
 
@@ -165,6 +207,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return main_compare(args.sweep_a, args.sweep_b, as_json=args.json)
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    from osmi_ee.osmi import triton_setup
+
+    return triton_setup.main([*(["--check-only"] if args.check_only else []),
+                              *(["--env", str(args.env)] if args.env else [])])
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from osmi_ee.bench import calibrate
+
+    return calibrate.main(args=args)
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -203,8 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the experiments the grid expands to; write nothing")
     p = add("run", "run the generated experiments here, one after another (no Slurm)", cmd_run)
     p.add_argument("--force", action="store_true", help="rerun experiments that are already valid")
-    p = add("submit", "sbatch every experiment without a valid result or a queued job", cmd_submit)
+    p = add("search", "per configuration, find the highest load (search.axis: clients or rate) whose run is "
+                      "VALID, stable and meets objective.p99_ms: doubling, then bisection; every step is an "
+                      "experiment of the sweep, run here; record in <sweep>/search.json; resumable", cmd_search)
+    p.add_argument("--analyze", action="store_true",
+                   help="then analyze the sweep (dataset, plots, report with the search's curves)")
+    p = add("submit", "check what the jobs need, then send every experiment without a valid result or a "
+                      "queued task to Slurm: one job array per resource shape (job.max_running, job.retries, "
+                      "job.collect)", cmd_submit)
     p.add_argument("--force", action="store_true", help="resubmit experiments that are already valid")
+    p.add_argument("--export-models", action="store_true",
+                   help="export missing models in a job of their own first; the arrays wait for it")
     add("status", "one line per experiment, then a summary line", cmd_status)
     p = add("analyze", "aggregate results into dataset.csv/.parquet, plots and report/index.html", cmd_analyze)
     p.add_argument("--no-plots", action="store_true", help="dataset only: no plots, no report")
@@ -219,6 +283,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_b", help="second sweep directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("setup", help="make an optional part ready and check it: triton (tritonserver, "
+                                     "perf_analyzer and their Python 3.11 environment, from PyPI)",
+                       description="Install (idempotent) and check an optional part. triton: a Debian Python 3.11 "
+                                   "environment (default build/triton-env, or $OSMI_TRITON_ENV) with tensorflow-cpu, "
+                                   "numpy 1.26.4, nvidia-pytriton (tritonserver 2.51) and tritonclient "
+                                   "(perf_analyzer); the check runs a real round trip and fails loudly (exit 1) on "
+                                   "a wrong numpy, which would otherwise make Triton answer with empty tensors.")
+    p.add_argument("part", choices=["triton"], help="the part to set up")
+    p.add_argument("--check-only", action="store_true", help="install nothing; only check")
+    p.add_argument("--env", type=Path, help="the environment folder (default $OSMI_TRITON_ENV or build/triton-env)")
+    p.set_defaults(func=cmd_setup)
+    from osmi_ee.bench.calibrate import build_parser as calibrate_parser
+
+    p = calibrate_parser(sub.add_parser("calibrate", help="our client vs perf_analyzer on the same server and load "
+                                                          "(tfserving and triton modes): throughput and p50 ratios"))
+    p.set_defaults(func=cmd_calibrate)
     return parser
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from osmi_ee.ee.config import AXES, Grid
 
-_SLUG_PREFIX = {"servers": "s", "clients": "c", "batch": "b", "repeat": "r", "rate": "q"}
+_SLUG_PREFIX = {"servers": "s", "clients": "c", "batch": "b", "repeat": "r", "rate": "q", "batching": "sb_",
+                "balancer": "lb_"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def experiment_id(params: dict[str, Any], settings: dict[str, Any], *,
     and the same config always maps to the same directory (safe re-generate).
     `_settings_json` (expand's cache) is `settings` as json.dumps writes it here.
     """
-    parts = [f"{_SLUG_PREFIX.get(axis, '')}{params[axis]}" for axis in AXES
+    parts = [f"{_SLUG_PREFIX.get(axis, '')}{_slug_value(axis, params[axis])}" for axis in AXES
              if not (axis == "scenario" and params[axis] == "closed") and params.get(axis) is not None]
     slug = "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", part) for part in parts)
     if _settings_json is None:
@@ -62,6 +63,11 @@ def experiment_id(params: dict[str, Any], settings: dict[str, Any], *,
     return f"{slug}-{digest}"
 
 
+def _slug_value(axis: str, value: Any) -> Any:
+    """A batching setting appears by its name (its values are in the hash)."""
+    return value["name"] if axis == "batching" else value
+
+
 def expand(grid: Grid) -> list[Experiment]:
     settings = grid.settings()
     settings_json = json.dumps(settings, sort_keys=True)
@@ -69,6 +75,13 @@ def expand(grid: Grid) -> list[Experiment]:
     for params in permutations(grid.axes):
         if params["scenario"] != "poisson":
             params["rate"] = None  # a target rate only shapes open-loop load
+        if params.get("batching") is None:
+            # Off is the default: left out, so grids without the axis keep their ids.
+            params.pop("batching", None)
+        if params.get("balancer") is None:  # HAProxy, the default: left out, so ids stay as they were
+            params.pop("balancer", None)
+        if params.get("server") is None:  # serve.server decides: left out, so ids stay as they were
+            params.pop("server", None)
         eid = experiment_id(params, settings, _settings_json=settings_json)
         experiments.setdefault(eid, Experiment(id=eid, params=params, grid=grid))
     return list(experiments.values())

@@ -5,6 +5,7 @@
     <sweep>/dataset.csv|.parquet, plots/     written by analyze, with dataset_summary.csv
     <sweep>/perf_analyzer.csv                (repeats with 95% CI), perf_analyzer's CSV layout
     <sweep>/report/index.html                and the HTML report
+    <sweep>/search.json                      `osmi-ee search`: every step per configuration, and its peak
     <sweep>/<id>/config.yaml                 resolved config of one experiment
     <sweep>/<id>/job.slurm                   rendered job script (runs under Slurm or bash)
     <sweep>/<id>/status                      one word: running | valid | invalid | failed | cancelled
@@ -15,6 +16,18 @@
                                              configs, barrier/
     <sweep>/<id>/attempts/<n>/               earlier attempts (status, results/, logs/), kept for
                                              audit and never read by the verdict, status or analysis
+    <sweep>/<id>/latest.out                  this attempt's job log (a hard link into logs/): the
+                                             `*.out` that `cms ee list` reads progress lines from
+    <sweep>/project/<id>                     a link to each experiment: the folder `cms ee list` scans
+                                             (its default name), with nothing else in it
+    <sweep>/slurm/array-<shape>.slurm|.tasks one job array per resource shape (submit), and its task
+                                             list: line i+1 = the experiment dir of array index i
+    <sweep>/slurm/arrays.json                the arrays: name, #SBATCH shape, experiment ids
+    <sweep>/slurm/collect.slurm              the job that runs `analyze` after the sweep (job.collect)
+    <sweep>/slurm/export.slurm               the job that exports missing models (submit --export-models)
+    <sweep>/slurm/submissions.json           every sbatch of the sweep: arrays, export, collect
+    <sweep>/slurm/logs/                      their Slurm output (an array task's own log is its
+                                             experiment's logs/slurm-<SLURM_JOB_ID>.out)
 """
 
 from __future__ import annotations
@@ -70,6 +83,16 @@ class ExperimentPaths:
         return self.results / "monitoring.config"
 
     @property
+    def batching_parameters(self) -> Path:
+        """TF-Serving's --batching_parameters_file (osmi-model-server reads it too), when batching is on."""
+        return self.results / "batching_parameters.txt"
+
+    @property
+    def triton_repository(self) -> Path:
+        """Triton's --model-repository for serve.server triton: <model>/config.pbtxt, <model>/1/."""
+        return self.results / "triton-models"
+
+    @property
     def haproxy_config(self) -> Path:
         return self.results / "haproxy.cfg"
 
@@ -89,6 +112,26 @@ class ExperimentPaths:
     @property
     def job_log(self) -> Path:
         return self.logs / "job.out"
+
+    def slurm_log(self, job_id: str) -> Path:
+        """A Slurm job's output; job_id is SLURM_JOB_ID (an array task's own number)."""
+        return self.logs / f"slurm-{job_id}.out"
+
+    @property
+    def latest_log(self) -> Path:
+        """This attempt's job log as `cms ee list` looks for it: a `*.out` in the experiment
+        folder. A hard link, so it never dangles when logs/ moves to attempts/."""
+        return self.root / "latest.out"
+
+    def link_latest_log(self, log: Path) -> None:
+        """Points latest_log at `log` (in logs/), replacing the link atomically."""
+        tmp = self.root / f".{self.latest_log.name}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(log, tmp)
+        except OSError:  # no log file (bash job.slurm by hand) or no hard links here
+            return
+        os.replace(tmp, self.latest_log)
 
     def server_log(self, k: int) -> Path:
         return self.logs / f"server-{k}.log"
@@ -110,6 +153,19 @@ class ExperimentPaths:
 
     def client_summary(self, k: int) -> Path:
         return self.results / f"client-{k}.json"
+
+    def node_report(self, node: str) -> Path:
+        """Multi-node: what a node's shard launcher started (ports, pids, GPUs) or why it could not."""
+        return self.results / "nodes" / f"{node}.json"
+
+    @property
+    def nodes_stop(self) -> Path:
+        """Multi-node: the runner's word to every node's shard launcher to stop its shards."""
+        return self.results / "nodes" / "stop"
+
+    def node_log(self, node: str, role: str) -> Path:
+        """Multi-node: the srun step that runs `role` (shards, clients) on `node`."""
+        return self.logs / f"{role}-{node}.log"
 
     @property
     def attempts(self) -> Path:
@@ -180,6 +236,11 @@ class SweepPaths:
         return self.root / "jobs.json"
 
     @property
+    def search_record(self) -> Path:
+        """`osmi-ee search`: per configuration, every step (load, verdict, figures) and the peak."""
+        return self.root / "search.json"
+
+    @property
     def dataset_csv(self) -> Path:
         return self.root / "dataset.csv"
 
@@ -208,6 +269,43 @@ class SweepPaths:
     @property
     def report_index(self) -> Path:
         return self.report / "index.html"
+
+    @property
+    def ee_view(self) -> Path:
+        """`cms ee list` scans every folder in the one it is given and reads each one's
+        config.yaml: this folder holds only links to the experiments (plots/, report/,
+        slurm/ would crash it). `project` is its default, so `cms ee list` in <sweep> works."""
+        return self.root / "project"
+
+    @property
+    def slurm_dir(self) -> Path:
+        return self.root / "slurm"
+
+    def array_script(self, name: str) -> Path:
+        return self.slurm_dir / f"{name}.slurm"
+
+    def array_tasks(self, name: str) -> Path:
+        return self.slurm_dir / f"{name}.tasks"
+
+    @property
+    def arrays(self) -> Path:
+        return self.slurm_dir / "arrays.json"
+
+    @property
+    def collect_script(self) -> Path:
+        return self.slurm_dir / "collect.slurm"
+
+    @property
+    def export_script(self) -> Path:
+        return self.slurm_dir / "export.slurm"
+
+    @property
+    def submissions(self) -> Path:
+        return self.slurm_dir / "submissions.json"
+
+    @property
+    def slurm_logs(self) -> Path:
+        return self.slurm_dir / "logs"
 
     def experiment(self, experiment_id: str) -> ExperimentPaths:
         return ExperimentPaths(self.root / experiment_id)

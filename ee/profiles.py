@@ -91,13 +91,15 @@ class Profile:
     scheduler: Scheduler = field(default_factory=Scheduler)
     gpus: dict[str, GpuType] = field(default_factory=dict)
     server_command: list[str] = field(default_factory=list)  # empty: decided on the node
+    triton_command: list[str] = field(default_factory=list)  # serve.server triton; empty: the local tritonserver
     haproxy: list[str] = field(default_factory=lambda: ["haproxy"])
 
     def as_dict(self) -> dict[str, Any]:
         """The profile in its file format (generated configs carry it inline)."""
         return {"name": self.name, "description": self.description, "scheduler": asdict(self.scheduler),
                 "gpus": {k: asdict(v) for k, v in self.gpus.items()},
-                "server": {"command": self.server_command}, "haproxy": self.haproxy}
+                "server": {"command": self.server_command, "triton": self.triton_command},
+                "haproxy": self.haproxy}
 
 
 def _int_in(low: int, high: int) -> Callable[[Any], bool]:
@@ -243,20 +245,22 @@ def _profile_problems(data: Any, default_name: str) -> tuple[Profile | None, Pro
     scheduler = _scheduler(problems, data.get("scheduler"))
     gpus = _gpus(problems, data.get("gpus"))
     server = problems.mapping(data.get("server"), "server")
-    problems.unknown(server, ("command",), "server.")
+    problems.unknown(server, ("command", "triton"), "server.")
     server_command = _words(problems, server.get("command", []), "server.command")
-    container = server_command[:1] and server_command[0] in ("apptainer", "singularity")
-    if container and "--nv" not in server_command and any(g != "cpu" for g in gpus):
-        # The old OSMI setup lost --nv and served on the CPU without noticing.
-        problems.bad("server.command", server_command, "starts a container without --nv, "
-                                                       "so its GPU types would serve on the CPU")
+    triton_command = _words(problems, server.get("triton", []), "server.triton")
+    for key, command in (("server.command", server_command), ("server.triton", triton_command)):
+        container = command[:1] and command[0] in ("apptainer", "singularity")
+        if container and "--nv" not in command and any(g != "cpu" for g in gpus):
+            # The old OSMI setup lost --nv and served on the CPU without noticing.
+            problems.bad(key, command, "starts a container without --nv, so its GPU types would serve on the CPU")
     haproxy_raw = data.get("haproxy", ["haproxy"])
     haproxy = _words(problems, haproxy_raw, "haproxy")
     if not haproxy_raw:
         problems.bad("haproxy", haproxy_raw, "needs the command that starts HAProxy")
     profile = Profile(name=name if isinstance(name, str) else default_name,
                       description=description if isinstance(description, str) else "",
-                      scheduler=scheduler, gpus=gpus, server_command=server_command, haproxy=haproxy)
+                      scheduler=scheduler, gpus=gpus, server_command=server_command,
+                      triton_command=triton_command, haproxy=haproxy)
     return profile, problems
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from osmi_ee.ee.expand import Experiment
+from osmi_ee.osmi.placement import placement_of
 
 PLACEHOLDER_RE = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)+\}")
 
@@ -44,7 +45,9 @@ def sbatch_lines(experiment: Experiment) -> list[str]:
         "--output=logs/slurm-%j.out",  # relative: sbatch runs with --chdir=<experiment dir>
         f"--time={experiment.grid.job.time}",
         f"--nodes={experiment.grid.job.nodes}",
-        "--ntasks=1",
+        # One task (the runner) on one node; on several, one per node, so each node's
+        # share of CPUs and memory is allocated for its launcher steps (osmi.node_fleet).
+        "--ntasks=1" if experiment.grid.job.nodes == 1 else "--ntasks-per-node=1",
         f"--cpus-per-task={gpu.cpus_per_task}",
         f"--mem={gpu.mem}",
     ]
@@ -53,8 +56,8 @@ def sbatch_lines(experiment: Experiment) -> list[str]:
                         ("constraint", gpu.constraint), ("reservation", gpu.reservation)):
         if value:
             lines.append(f"--{flag}={value}")
-    if gpu.gres:
-        lines.append(f"--gres={gpu.gres.replace('{n}', str(experiment.params['servers']))}")
+    if gpu.gres:  # per node: {n} is the most shards one node runs
+        lines.append(f"--gres={gpu.gres.replace('{n}', str(placement_of(experiment.grid, experiment.params).gpus_per_node))}")
     lines.extend(scheduler.extra_sbatch)
     for line in lines:
         if not _SBATCH_LINE_RE.fullmatch(line):
@@ -67,7 +70,8 @@ def variables(experiment: Experiment, experiment_dir: Path, python: str) -> dict
     grid = experiment.grid
     # The server launch goes into the script, where a reader (and a test) can see
     # it, e.g. that every GPU shard's container gets --nv. Empty: the node decides.
-    command = [] if grid.serve.server == "osmi" else grid.profile.server_command
+    server = experiment.params.get("server") or grid.serve.server  # the `server` axis, else serve.server
+    command = {"osmi": [], "triton": grid.profile.triton_command}.get(server, grid.profile.server_command)
     command = [w.replace("{models_dir}", grid.serve.models_dir) for w in command]
     setup = "\n".join(f"module load {shlex.quote(m)}" for m in grid.profile.scheduler.modules)
     return {

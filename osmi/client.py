@@ -1,4 +1,11 @@
-"""One OSMI client process: closed-loop Predict calls, every request recorded.
+"""One OSMI client process: Predict calls (ModelInfer for Triton) on many request streams, every request recorded.
+
+One process multiplexes a block of the experiment's request streams (osmi.streams)
+on one gRPC channel per target: futures with callbacks, so completions batch up in
+the process. With several targets (`balancer: none`: every shard's address) it
+round-robins its requests over them and counts what it sent to each. It measures
+its own CPU over the measured window (`cpu_share`: CPU seconds of all its threads /
+wall seconds), so the runner can tell a saturated load generator from a slow server.
 
 Lean by design: no TensorFlow import (TF-Serving's messages come from
 osmi_ee.osmi.protos), inputs are made and serialized before the timed loop,
@@ -22,6 +29,7 @@ import threading
 import time
 
 _IMPORTED_AT = time.time()
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,7 @@ from osmi_ee.osmi import protos
 from osmi_ee.osmi.load import RUNNERS, Issuer, Plan
 from osmi_ee.osmi.schema import BAD_RESPONSE, MAX_MESSAGE_BYTES, MEASURED, WARMUP
 from osmi_ee.osmi.specs import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME, get_spec
+from osmi_ee.osmi.streams import parse_streams, plan_processes
 
 INPUT_POOL = 4  # distinct request payloads, cycled, so no layer can cache one answer
 BARRIER_TIMEOUT_S = 600.0  # the runner's `go` comes once every client has warmed up
@@ -48,23 +57,25 @@ class ClientSettings:
     model: str
     batch: int
     scenario: str  # schema.SCENARIOS
-    streams: int  # closed loop: requests in flight
-    rate: float | None  # poisson: requests/s from this client
+    streams: int  # closed loop: requests in flight per stream (measure.streams)
+    rate: float | None  # poisson: requests/s of one stream (a process sends this x its streams)
     requests: int | None  # measured requests ...
     duration_s: float | None  # ... or measure for this long instead
     warmup: int  # requests before the measured window (never counted) ...
     warmup_s: float  # ... and warm up for at least this long
     timeout_s: float  # deadline of one request
     seed: int  # input data (client k adds its own offset)
+    server: str = "auto"  # serve.server or the `server` axis: triton speaks KServe v2, the rest TF-Serving's API
 
     @classmethod
     def from_experiment(cls, grid: Grid, params: dict[str, Any]) -> ClientSettings:
         """From an experiment's config: its axis values and `measure` section."""
         m = grid.measure
-        rate = params["rate"] / params["clients"] if params["rate"] else None  # the grid's is for all clients
+        rate = params["rate"] / params["clients"] if params["rate"] else None  # the grid's is for all streams
         return cls(model=params["model"], batch=params["batch"], scenario=params["scenario"],
                    streams=m.streams, rate=rate, requests=m.requests, duration_s=m.duration_s,
-                   warmup=m.warmup_requests, warmup_s=m.warmup_s, timeout_s=m.timeout_s, seed=m.seed)
+                   warmup=m.warmup_requests, warmup_s=m.warmup_s, timeout_s=m.timeout_s, seed=m.seed,
+                   server=params.get("server") or grid.serve.server)  # as server_kinds.experiment_server
 
     def bounded(self, requests: int | None = None, duration_s: float | None = None) -> ClientSettings:
         """The same with the runner's bound (a count or a time) in place of the config's."""
@@ -84,6 +95,7 @@ class Records:
     latency_ns: np.ndarray = field(init=False)
     code: np.ndarray = field(init=False)
     delay_ns: np.ndarray = field(init=False)  # open loop: actual send - scheduled send
+    stream: np.ndarray = field(init=False)  # the request stream it belongs to (osmi.streams)
 
     def __post_init__(self) -> None:
         self.phase = np.zeros(self.capacity, np.int8)
@@ -91,10 +103,12 @@ class Records:
         self.latency_ns = np.zeros(self.capacity, np.int64)
         self.code = np.zeros(self.capacity, np.int16)
         self.delay_ns = np.zeros(self.capacity, np.int64)
+        self.stream = np.zeros(self.capacity, np.int32)
 
-    COLUMNS = ("phase", "start_ns", "latency_ns", "code", "delay_ns")
+    COLUMNS = ("phase", "start_ns", "latency_ns", "code", "delay_ns", "stream")
 
-    def add(self, phase: int, start_ns: int, latency_ns: int, code: int, delay_ns: int = 0) -> None:
+    def add(self, phase: int, start_ns: int, latency_ns: int, code: int, delay_ns: int = 0,
+            stream: int = 0) -> None:
         if self.size == self.capacity:
             self.capacity *= 2
             for name in self.COLUMNS:
@@ -104,7 +118,7 @@ class Records:
                 setattr(self, name, new)
         i = self.size
         self.phase[i], self.start_ns[i], self.latency_ns[i], self.code[i] = phase, start_ns, latency_ns, code
-        self.delay_ns[i] = delay_ns
+        self.delay_ns[i], self.stream[i] = delay_ns, stream
         self.size += 1
 
     def write_parquet(self, path: Path, client: int) -> None:
@@ -120,6 +134,7 @@ class Records:
             "latency_ns": pa.array(self.latency_ns[:n]),
             "code": pa.array(self.code[:n]),
             "delay_ns": pa.array(self.delay_ns[:n]),
+            "stream": pa.array(self.stream[:n]),
         })
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
@@ -163,6 +178,17 @@ class ResponseChecker:
         if len(tensor.tensor_content) != self.nbytes and len(tensor.float_val) != self.count:
             return f"output {OUTPUT_NAME!r} holds the wrong number of values"
         return None
+
+
+def wire_protocol(server: str) -> tuple[str, Callable[..., list[bytes]], Callable[[str, int], Any]]:
+    """(gRPC method, request builder, response checker class) of a server's API: KServe
+    v2 ModelInfer for Triton, TF-Serving's Predict for every other server."""
+    if server == "triton":
+        from osmi_ee.osmi import kserve
+        from osmi_ee.osmi.kserve_client import InferResponseChecker, build_infer_requests
+
+        return kserve.INFER_METHOD, build_infer_requests, InferResponseChecker
+    return protos.PREDICT_METHOD, build_requests, ResponseChecker
 
 
 def _process_start_s() -> float:
@@ -209,19 +235,24 @@ def wait_for_go(barrier: Path, client: int, timeout_s: float) -> float:
     return start
 
 
-def run_client(settings: ClientSettings, client_id: int, target: str, records_path: Path,
-               barrier: Path | None) -> dict[str, Any]:
-    """Warm up, wait for the runner's `go` in `barrier` (None: start at once), load,
-    write every request to `records_path`; returns this client's summary."""
+def run_client(settings: ClientSettings, client_id: int, target: str | list[str], records_path: Path,
+               barrier: Path | None, stream_ids: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Warm up, wait for the runner's `go` in `barrier` (None: start at once), load
+    `stream_ids` (default: one stream, numbered as the client), write every request to
+    `records_path`; returns this client process's summary. Several targets: round robin."""
     s = settings
-    payloads = build_requests(s.model, s.batch, s.seed + 7919 * client_id)
-    checker = ResponseChecker(s.model, s.batch)
+    streams = tuple(stream_ids) if stream_ids is not None else (client_id,)
+    targets = [target] if isinstance(target, str) else list(target)
+    method, build, check = wire_protocol(s.server)
+    payloads = build(s.model, s.batch, s.seed + 7919 * client_id, INPUT_POOL)
+    checker = check(s.model, s.batch)
     options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-    channel = grpc.insecure_channel(target, options=options)
+    channels = [grpc.insecure_channel(t, options=options) for t in targets]
     # No (de)serializers: we send prebuilt bytes and parse the answer ourselves.
-    predict = channel.unary_unary(protos.PREDICT_METHOD)
-    records = Records(capacity=s.warmup + (s.requests or 1024))
+    calls = [channel.unary_unary(method) for channel in channels]
+    total = s.warmup + (s.requests * len(streams) if s.requests else 1024)
+    records = Records(capacity=total)
     lock = threading.Lock()
     errors: dict[str, dict] = {}
     warmup_failed = 0
@@ -236,24 +267,26 @@ def run_client(settings: ClientSettings, client_id: int, target: str, records_pa
         except grpc.RpcError as exc:
             return exc.code().value[0], f"{exc.code().name}: {exc.details()}"
 
-    def record(phase: int, scheduled_ns: int, code: int, message: str, delay_ns: int = 0) -> None:
+    def record(phase: int, scheduled_ns: int, code: int, message: str, delay_ns: int = 0, stream: int = 0) -> None:
         nonlocal warmup_failed
         # From the scheduled send: an open-loop request queued behind a slow one pays for it.
         latency = time.perf_counter_ns() - scheduled_ns
         with lock:
-            records.add(phase, wall0 + scheduled_ns - perf0, latency, code, delay_ns)
+            records.add(phase, wall0 + scheduled_ns - perf0, latency, code, delay_ns, stream)
             if code and phase == MEASURED:
                 entry = errors.setdefault(str(code), {"count": 0, "first": message})
                 entry["count"] += 1
             elif code:
                 warmup_failed += 1  # warm-up failures are reported, not judged
 
-    def send(i: int, scheduled_ns: int, done) -> None:
+    def send(i: int, scheduled_ns: int, done, stream: int) -> None:
         delay = time.perf_counter_ns() - scheduled_ns
-        future = predict.future(payloads[i % len(payloads)], timeout=s.timeout_s)
+        # Round robin over the targets (processes start on different ones); request i of
+        # this process goes to target (i + client) mod n, so the counts follow from `issued`.
+        future = calls[(i + client_id) % len(calls)].future(payloads[i % len(payloads)], timeout=s.timeout_s)
 
         def finished(f) -> None:
-            record(MEASURED, scheduled_ns, *outcome(f), delay)
+            record(MEASURED, scheduled_ns, *outcome(f), delay, stream)
             done()
 
         future.add_done_callback(finished)
@@ -262,48 +295,60 @@ def run_client(settings: ClientSettings, client_id: int, target: str, records_pa
     try:
         warm_end = time.perf_counter_ns() + int(s.warmup_s * 1e9)
         i = 0
-        while i < s.warmup or time.perf_counter_ns() < warm_end:
+        # At least one warm-up request per target, so every channel is connected before `go`.
+        while i < max(s.warmup, len(calls) if s.warmup else 0) or time.perf_counter_ns() < warm_end:
             t0 = time.perf_counter_ns()
             try:
-                code, message = outcome(predict(payloads[i % len(payloads)], timeout=s.timeout_s))
+                code, message = outcome(calls[i % len(calls)](payloads[i % len(payloads)], timeout=s.timeout_s))
             except grpc.RpcError as exc:
                 code, message = exc.code().value[0], str(exc.code().name)
-            record(WARMUP, t0, code, message)
+            record(WARMUP, t0, code, message, 0, streams[i % len(streams)])
             i += 1
         go = wait_for_go(barrier, client_id, BARRIER_TIMEOUT_S) if barrier else time.time()
         start_ns = perf0 + int(go * 1e9) - wall0
         # The runner's window loop ends the run early through this file.
-        plan = Plan(s.scenario, s.streams, s.requests, s.duration_s, s.rate, s.seed + client_id,
-                    stop_file=str(barrier / "stop") if barrier else None)
+        rate = s.rate * len(streams) if s.rate else None
+        plan = Plan(s.scenario, s.streams, s.requests, s.duration_s, rate, s.seed + client_id,
+                    stop_file=str(barrier / "stop") if barrier else None, stream_ids=streams)
         issuer = Issuer(send)
-        # Process CPU (all threads) spent generating load: the client's own cost per request.
-        cpu0 = time.process_time()
+        # Process CPU (all threads) spent generating load: the client's own cost per request,
+        # and, over the wall time, how close it came to a saturated core.
+        cpu0, wall_start = time.process_time(), time.perf_counter()
         RUNNERS[s.scenario](issuer, plan, start_ns)
         if not issuer.wait_idle(s.timeout_s + 30):
             raise TimeoutError("requests still in flight after their deadline")
-        cpu_s = time.process_time() - cpu0
+        cpu_s, busy_s = time.process_time() - cpu0, time.perf_counter() - wall_start
+        whole, rest = divmod(issuer.issued, len(calls))  # i -> target (i + client) mod n
+        per_target = [whole + ((j - client_id) % len(calls) < rest) for j in range(len(calls))]
     finally:
-        channel.close()
+        for channel in channels:
+            channel.close()
 
     n = records.size
     measured = records.phase[:n] == MEASURED
     codes = records.code[:n][measured]
     summary = {
         "client": client_id,
-        "target": target,
+        "target": targets[0] if len(targets) == 1 else ",".join(targets),
         "model": s.model,
         "batch": s.batch,
         "scenario": s.scenario,
         "streams": s.streams,
-        "rate": s.rate,
+        "stream_first": streams[0],
+        "stream_count": len(streams),
+        "rate": rate,
         "warmup_sent": int((~measured).sum()),
         "warmup_failed": warmup_failed,
         "sent": int(measured.sum()),
         "ok": int((codes == 0).sum()),
         "failed": int((codes != 0).sum()),
         "errors": errors,
+        "sent_by_target": dict(zip(targets, per_target)),
         "startup_s": startup_s,
         "cpu_s_measured": cpu_s,
+        "wall_s_measured": busy_s,
+        # CPU of all its threads / wall time over the measured window: 1.0 = one whole core
+        "cpu_share": cpu_s / busy_s if busy_s > 0 else None,
         "max_rss_mb": _peak_rss_mb(),
     }
     order = np.argsort(records.start_ns[:n], kind="stable")  # callbacks finish out of order
@@ -314,13 +359,17 @@ def run_client(settings: ClientSettings, client_id: int, target: str, records_pa
 
 
 def client_argv(config: Path, target: str, *, client_id: int | None = None, requests: int | None = None,
-                duration_s: float | None = None, barrier: bool = True) -> list[str]:
-    """The command line of one client; without `client_id`, of every task of an srun
-    step (each takes its SLURM_PROCID)."""
+                duration_s: float | None = None, barrier: bool = True, streams: str | None = None) -> list[str]:
+    """The command line of one client process; without `client_id`, of every task of an
+    srun step (each takes its SLURM_PROCID). `target`: one address, or several comma-separated
+    (round robin); `streams`: its stream ids `a-b` (default: its block of the experiment's
+    one-node split, osmi.streams)."""
     argv = [sys.executable, "-m", "osmi_ee.osmi.client", f"--config={config}"]
     if client_id is not None:
         argv.append(f"--client-id={client_id}")
     argv.append(f"--target={target}")
+    if streams is not None:
+        argv.append(f"--streams={streams}")
     if requests is not None:
         argv.append(f"--requests={requests}")
     if duration_s is not None:
@@ -333,15 +382,21 @@ def client_argv(config: Path, target: str, *, client_id: int | None = None, requ
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="osmi-client",
-        description="OSMI load generator: TF-Serving Predict calls with per-request records. What it "
-                    "sends (model, batch, scenario, streams, rate, warm-up, deadline, seed, bound) comes "
-                    "from the experiment's config.yaml (its experiment and measure sections); records go "
-                    "to results/requests-client<k>.parquet and the summary to results/client-<k>.json "
-                    "beside it.")
+        description="OSMI load generator: TF-Serving Predict calls (KServe v2 ModelInfer for serve.server "
+                    "triton) on several request streams, with per-request records. What it sends (model, "
+                    "batch, scenario, streams, "
+                    "rate, warm-up, deadline, seed, bound) comes from the experiment's config.yaml (its "
+                    "experiment and measure sections); records go to results/requests-client<k>.parquet "
+                    "and the summary to results/client-<k>.json beside it.")
     parser.add_argument("--config", required=True, type=Path, help="the experiment's generated config.yaml")
-    parser.add_argument("--target", required=True, help="host:port of the balancer or a model server")
+    parser.add_argument("--target", required=True,
+                        help="host:port of the balancer or a model server; several, comma-separated: "
+                             "round robin over them (balancer: none)")
     parser.add_argument("--client-id", type=int, default=None,
-                        help="this client's number (default: $SLURM_PROCID under srun, else 0)")
+                        help="this client process's number (default: $SLURM_PROCID under srun, else 0)")
+    parser.add_argument("--streams", default=None,
+                        help="the request streams this process carries, `a-b` or `a` (default: process "
+                             "k's block of the experiment's `clients` streams, split as osmi-run splits them)")
     bound = parser.add_mutually_exclusive_group()
     bound.add_argument("--requests", type=int, default=None,
                        help="measured requests, in place of the config's (the runner's bound)")
@@ -356,7 +411,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.client_id < 0 or (args.requests is not None and args.requests < 1) \
             or (args.duration_s is not None and not args.duration_s > 0):
         parser.error("--client-id must be >= 0, --requests >= 1, --duration-s > 0")
+    if args.streams is not None:
+        try:
+            args.streams = tuple(parse_streams(args.streams))
+        except ValueError as exc:
+            parser.error(f"--streams: {exc}")
+    if any(not t.strip() for t in args.target.split(",")):
+        parser.error(f"--target: host:port, or several comma-separated (got {args.target!r})")
     return args
+
+
+def default_streams(client_id: int, clients: int) -> tuple[int, ...]:
+    """Process k's streams when none are given: its block of the one-node split."""
+    processes = plan_processes([(0, clients)])
+    if client_id >= len(processes):
+        raise ValueError(f"client {client_id}: the experiment's {clients} stream(s) make {len(processes)} "
+                         "process(es); pass --streams")
+    return tuple(processes[client_id].streams)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,9 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = ExperimentPaths(args.config.resolve().parent)
     k = args.client_id
     try:
-        summary = run_client(settings, k, args.target, paths.client_records(k),
-                             None if args.no_barrier else paths.barrier)
-    except (TimeoutError, OSError) as exc:
+        streams = args.streams or default_streams(k, params["clients"])
+        summary = run_client(settings, k, args.target.split(","), paths.client_records(k),
+                             None if args.no_barrier else paths.barrier, streams)
+    except (TimeoutError, OSError, ValueError) as exc:
         print(f"osmi-client {k}: {exc}", file=sys.stderr)
         return 1
     write_json(paths.client_summary(k), summary)

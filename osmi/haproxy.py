@@ -15,6 +15,9 @@ import urllib.request
 from dataclasses import dataclass
 
 
+GRPC_HEALTH_URI = "/grpc.health.v1.Health/Check"  # TF-Serving's API servers
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str  # s0, s1, ... (server k serves GPU k)
@@ -23,8 +26,11 @@ class Backend:
 
 
 def render_config(frontend_port: int, stats_port: int, backends: list[Backend], *,
-                  timeout_s: float, host: str = "127.0.0.1", threads: int = 1) -> str:
-    """haproxy.cfg for one experiment: one frontend, one backend pool, a stats page."""
+                  timeout_s: float, host: str = "127.0.0.1", threads: int = 1,
+                  health_uri: str = GRPC_HEALTH_URI) -> str:
+    """haproxy.cfg for one experiment: one frontend, one backend pool, a stats page.
+    `health_uri`: the gRPC method the health check calls (the server kind's: Triton has
+    no grpc.health.v1, so it is checked by its own ServerReady)."""
     # `timeout server` must outlast the slowest inference, or HAProxy answers 504,
     # which a gRPC client sees as UNAVAILABLE; give it the request deadline + margin.
     server_timeout = int(timeout_s * 1000) + 5000
@@ -58,7 +64,7 @@ def render_config(frontend_port: int, stats_port: int, backends: list[Backend], 
         "    option httpchk",
         # (HTTP/1.1 with a host header: HAProxy's h2 check mux turns it into :authority;
         # without one the shard refuses the stream.)
-        "    http-check send meth POST uri /grpc.health.v1.Health/Check ver HTTP/1.1 "
+        f"    http-check send meth POST uri {health_uri} ver HTTP/1.1 "
         "hdr host localhost hdr content-type application/grpc hdr te trailers",
         "    http-check expect status 200",
         "    timeout check 2s",

@@ -29,6 +29,11 @@ CI_BATCHES = 10  # sub-windows (batch means) behind one run's throughput interva
 MIN_WINDOW_REQUESTS = 20  # a measurement window holds at least this many (rates to ~5%)
 MIN_WINDOW_S = 1.0  # ... and lasts at least this long (the live loop polls every 20 ms)
 NOT_ENOUGH = "not enough samples"
+# A client process is one Python thread issuing and checking requests (grpcio's C
+# threads add a little): past 0.9 of one core over the window it is the bottleneck
+# and the figure measures the harness, not the server. Measured in the demo grid
+# (2 cores, 2 shards, 4 streams in one process): about 0.2-0.4.
+CLIENT_SATURATION_SHARE = 0.9
 
 
 def min_samples(percentile: float) -> int:
@@ -134,20 +139,37 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def saturation_problems(client: dict[str, Any], limit: float) -> list[str]:
+    """The load generator must not be the bottleneck: a client process that used more
+    than `limit` of a core over the window (its summary's cpu_share) invalidates the run."""
+    share = client.get("cpu_share")
+    if share is None or share <= limit:
+        return []
+    return [f"load generator saturated: client process {client['client']} used {share:.0%} of a core over "
+            f"the window (limit {limit:.0%}); the figure would measure the harness: spread the streams over "
+            "more processes or nodes"]
+
+
 def accounting_problems(sent: int, backend_counts: dict[str, int] | None,
-                        server_counts: dict[str, int | None] | None) -> list[str]:
+                        server_counts: dict[str, int | None] | None, balancer: str = "haproxy") -> list[str]:
     """Every request seen at both ends: the balancer forwarded exactly what the clients
-    sent in the window, and each shard served exactly what the balancer gave it."""
+    sent in the window, and each shard served exactly what the balancer gave it. With
+    `balancer: none`, backend_counts are the clients' own per-shard counts, so each
+    shard's count is held against what the clients sent it."""
     if backend_counts is None:
         return ["the balancer's request counts could not be read, so the requests are not accounted for"]
     problems = []
     forwarded = sum(backend_counts.values())
-    if forwarded != sent:
+    sender = "the clients sent it" if balancer == "none" else "the balancer sent it"
+    if forwarded != sent and balancer == "none":
+        problems.append(f"the clients' per-shard counts add up to {forwarded} request(s) but their records "
+                        f"hold {sent}")
+    elif forwarded != sent:
         problems.append(f"the balancer forwarded {forwarded} request(s) in the window but the clients "
                         f"sent {sent}: traffic went elsewhere (another listener on the port?) or was retried")
     for name, served in sorted((server_counts or {}).items()):
         if served is not None and served != backend_counts.get(name, 0):
-            problems.append(f"shard {name} served {served} request(s) but the balancer sent it "
+            problems.append(f"shard {name} served {served} request(s) but {sender} "
                             f"{backend_counts.get(name, 0)}")
     return problems
 
@@ -185,7 +207,8 @@ def summarize(records: dict[str, np.ndarray], *, batch: int, clients: list[dict[
               problems: list[str] | None = None, stability_windows: int = 1,
               stability_tolerance: float = 0.1, min_duration_s: float = 0.0, min_requests: int = 0,
               target_rate: float | None = None, mode: str = "count",
-              stability_last: int | None = None, window_edges_ns: list[int] | None = None) -> dict[str, Any]:
+              stability_last: int | None = None, window_edges_ns: list[int] | None = None,
+              saturation_share: float = CLIENT_SATURATION_SHARE, balancer: str = "haproxy") -> dict[str, Any]:
     """Figures and verdict from all clients' records (columns as written by the client).
 
     `clients` holds each client's own summary (or None if it wrote none) and
@@ -215,6 +238,7 @@ def summarize(records: dict[str, np.ndarray], *, batch: int, clients: list[dict[
                            f"(records {own}, sent {c['sent']}, ok {c['ok']}, failed {c['failed']})")
         for error_code, err in sorted(c.get("errors", {}).items()):
             reasons.append(f"client {c['client']}: {err['count']} request(s) failed, first: {err['first']}")
+        reasons += saturation_problems(c, saturation_share)
     if failed and not any("request(s) failed" in r for r in reasons):
         reasons.append(f"{failed} request(s) failed")
     if sent == 0:
@@ -223,7 +247,7 @@ def summarize(records: dict[str, np.ndarray], *, batch: int, clients: list[dict[
         reasons.append(f"{NOT_ENOUGH}: {sent} measured request(s), the minimum is {min_requests} "
                        "(measure.min_requests)")
     if sent:
-        reasons += accounting_problems(sent, backend_counts, server_counts)
+        reasons += accounting_problems(sent, backend_counts, server_counts, balancer)
     reasons += share_problems(backend_counts or {}, min_backend_share)
     win = window_s(start, latency)
     if sent and win < min_duration_s:
@@ -253,7 +277,7 @@ def summarize(records: dict[str, np.ndarray], *, batch: int, clients: list[dict[
         },
         "latency_ms": latency_stats_ms(latency[ok_mask]),
         "backends": backend_shares(backend_counts or {}),
-        "accounting": {"clients_sent": sent,
+        "accounting": {"clients_sent": sent, "balancer": balancer,
                        "balancer_forwarded": sum(backend_counts.values()) if backend_counts is not None else None,
                        "balancer_per_backend": backend_counts,
                        "server_served": server_counts},

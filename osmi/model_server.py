@@ -12,6 +12,10 @@ otherwise, gRPC refuses messages over `--max_message_bytes`, and every input's
 declared element count is checked against the values actually sent and against
 `--max_batch` before anything is allocated.
 
+With `--enable_batching [--batching_parameters_file=F]` (TF-Serving's flags and file
+format) concurrent Predict calls are merged into batches by `serving_batcher`, and
+each batch's size is counted on the Prometheus page under TF-Serving's name.
+
 Start-up order: flags and model config are checked before TensorFlow is
 imported (bad input fails in well under a second), then the gRPC port is bound
 and written to `--port_file` (health says NOT_SERVING), then the models are
@@ -36,9 +40,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from osmi_ee.osmi.batching import QueueSettings, parse_batching_parameters
 from osmi_ee.osmi.extras import MissingExtra, require_serve
 from osmi_ee.osmi.schema import MAX_MESSAGE_BYTES
 from osmi_ee.osmi.serving_checks import DEFAULT_MAX_BATCH, Limits
+from osmi_ee.osmi.serving_batcher import Batcher
 from osmi_ee.osmi.serving_grpc import RequestCounter, start_grpc
 from osmi_ee.osmi.serving_models import ModelRegistry, StartupError, latest_version, load_model
 from osmi_ee.osmi.serving_rest import load_monitoring_config, start_rest
@@ -85,7 +91,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--monitoring_config_file", default="",
                         help="text-format MonitoringConfig; with prometheus_config { enable: true } the Prometheus "
                              "metrics (request counts) are served at its path on the REST port")
+    parser.add_argument("--enable_batching", action="store_true",
+                        help="merge concurrent Predict calls into batches (osmi_ee/osmi/serving_batcher.py)")
+    parser.add_argument("--batching_parameters_file", default="",
+                        help="text-format BatchingParameters (max_batch_size, batch_timeout_micros, "
+                             "num_batch_threads, max_enqueued_batches); without it TF-Serving's defaults")
     args = parser.parse_args(argv)
+    if args.batching_parameters_file and not args.enable_batching:
+        parser.error("--batching_parameters_file needs --enable_batching")
     if bool(args.model_config_file) == bool(args.model_base_path or args.model_name):
         parser.error("give either --model_config_file or --model_name/--model_base_path, not both or neither")
     if not args.model_config_file and not args.model_base_path:
@@ -146,10 +159,11 @@ def serve(args: argparse.Namespace, shutdown: _Shutdown) -> int:
     registry = ModelRegistry(paths)
     limits = Limits(args.max_message_bytes, args.max_batch)
     counter = RequestCounter()
+    batcher = _start_batcher(args, counter)
     server = httpd = None
     try:
         server, port, health_servicer = start_grpc(registry, args.grpc_bind_host, args.port, args.grpc_max_threads,
-                                                   limits, counter)
+                                                   limits, counter, batcher)
         if args.port_file:
             _write_port_file(Path(args.port_file), port)
         if args.rest_api_port > 0:
@@ -181,6 +195,31 @@ def serve(args: argparse.Namespace, shutdown: _Shutdown) -> int:
             httpd.shutdown()
         if server is not None:
             server.stop(0)
+        if batcher is not None:
+            batcher.stop()
+
+
+def _start_batcher(args: argparse.Namespace, counter: RequestCounter) -> Batcher | None:
+    """The batching queue of --enable_batching, its batch sizes on the metrics page."""
+    if not args.enable_batching:
+        return None
+    settings = QueueSettings()
+    if args.batching_parameters_file:
+        path = args.batching_parameters_file
+        try:
+            settings = parse_batching_parameters(Path(path).read_text())
+        except OSError as exc:
+            raise StartupError(f"cannot read batching parameters file {path}: {exc.strerror}") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StartupError(f"malformed batching parameters file {path}: {exc}") from None
+    if settings.max_batch_size > args.max_batch:
+        raise StartupError(f"batching max_batch_size {settings.max_batch_size} exceeds --max_batch={args.max_batch}")
+    batcher = Batcher(settings)
+    counter.pages.append(batcher.sizes)
+    log.info("batching on: max_batch_size %d, batch_timeout_micros %d, num_batch_threads %d, "
+             "max_enqueued_batches %d", settings.max_batch_size, settings.batch_timeout_us,
+             settings.num_batch_threads, settings.max_enqueued_batches)
+    return batcher
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from osmi_ee.osmi.fleet import Fleet, SetupError, Shard
 from osmi_ee.osmi.job_nodes import Node, NodeError, job_nodes
 from osmi_ee.osmi.placement import Placement, placement_of
 from osmi_ee.osmi.procs import Child, ProcessGroup
+from osmi_ee.osmi.streams import ClientProcess, plan_processes
 
 REACH_TIMEOUT_S = 10.0  # one Predict from the balancer's node to a shard that is already up on its own
 
@@ -162,20 +163,32 @@ def stop_shards(fleet: Fleet, paths: ExperimentPaths, grace_s: float) -> None:
             return
 
 
-def start_clients(group: ProcessGroup, lay: Layout, *, paths: ExperimentPaths, config: Path, target: str,
-                  requests: int | None, duration_s: float | None) -> list[Child]:
-    """Client k's step, for every k: one step per client node, its clients' ids fixed by the placement."""
+def client_processes(lay: Layout) -> list[ClientProcess]:
+    """The client processes: each client node's streams (the placement places streams, in
+    contiguous blocks) split over its own processes, so every client node has at least one."""
+    blocks = []
+    for index in range(len(lay.nodes)):
+        streams = lay.placement.clients_on(index)
+        if streams:
+            blocks.append((streams[0], len(streams)))
+    return plan_processes(blocks)
+
+
+def start_clients(group: ProcessGroup, lay: Layout, processes: list[ClientProcess], *, paths: ExperimentPaths,
+                  config: Path, target: str, requests: int | None, duration_s: float | None) -> list[Child]:
+    """Process k's step, for every k: one step per client node, starting that node's processes."""
     by_client: dict[int, Child] = {}
     for index, node in enumerate(lay.nodes):
-        clients = lay.placement.clients_on(index)
-        if not clients:
+        mine = [c for c in processes if lay.placement.client_nodes[c.first] == index]
+        if not mine:
             continue
         argv = [*_step(node), sys.executable, "-m", "osmi_ee.osmi.node_clients", f"--config={config}",
-                f"--target={target}", f"--clients={','.join(map(str, clients))}"]
+                f"--target={target}", f"--clients={','.join(str(c.id) for c in mine)}",
+                f"--streams={','.join(c.arg for c in mine)}"]
         if requests is not None:
             argv.append(f"--requests={requests}")
         if duration_s is not None:
             argv.append(f"--duration-s={duration_s}")
         step = group.start(f"clients on node {node.name}", argv, paths.node_log(node.name, "clients"), _step_env())
-        by_client.update({k: step for k in clients})
+        by_client.update({c.id: step for c in mine})
     return [by_client[k] for k in sorted(by_client)]

@@ -19,6 +19,7 @@ import re
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from typing import Any
 
 MONITORING_PATH = "/monitoring/prometheus/metrics"  # TF-Serving's PrometheusExporter::kPrometheusPath
 REQUEST_COUNT_METRIC = ":tensorflow:serving:request_count"  # "/tensorflow/serving/request_count", '/' -> ':'
@@ -96,6 +97,126 @@ def read_request_counts(host: str, port: int, timeout_s: float = 5, path: str = 
     except (urllib.error.URLError, OSError) as exc:
         raise OSError(f"cannot read request counts from {url}: {exc}") from exc
     return parse_request_counts(text)
+
+
+# --------------------------------------------------------------------------- batch sizes
+
+# TF-Serving's --enable_batching (BatchingSession) records every batch it runs in the
+# histogram /tensorflow/serving/batching_session/processed_batch_size (no labels;
+# buckets 1, 2, 4, ... 8192). osmi-model-server's batching queue exports the same
+# name with a bucket per integer up to its max_batch_size, so its sizes are exact.
+PROCESSED_BATCH_SIZE_METRIC = ":tensorflow:serving:batching_session:processed_batch_size"
+
+
+def format_histogram(name: str, counts: Mapping[int, int], bounds: list[int]) -> str:
+    """A Prometheus histogram of integer observations: `counts` (value -> times seen)
+    in cumulative buckets with upper bounds `bounds` (ascending), then +Inf, sum, count."""
+    lines, cumulative = [f"# TYPE {name} histogram"], 0
+    values = sorted(counts)
+    i = 0
+    for bound in bounds:
+        while i < len(values) and values[i] <= bound:
+            cumulative += counts[values[i]]
+            i += 1
+        lines.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
+    total = sum(counts.values())
+    lines.append(f'{name}_bucket{{le="+Inf"}} {total}')
+    lines.append(f"{name}_sum {sum(v * c for v, c in counts.items())}")
+    lines.append(f"{name}_count {total}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_histogram(text: str, name: str) -> dict[str, Any] | None:
+    """{"buckets": {upper bound: cumulative count} (+Inf as inf), "sum", "count"} of the
+    histogram `name` in a Prometheus page, summed over label sets; None if absent."""
+    buckets: dict[float, float] = {}
+    total = {"sum": 0.0, "count": 0.0}
+    seen = False
+    for line in text.splitlines():
+        match = _SAMPLE.match(line.strip())
+        if match is None or not match["name"].startswith(name):
+            continue
+        suffix = match["name"][len(name):]
+        if suffix == "_bucket":
+            labels = _parse_labels(match["labels"] or "")
+            bound = float(labels.get("le", "+Inf"))
+            buckets[bound] = buckets.get(bound, 0.0) + float(match["value"])
+        elif suffix in ("_sum", "_count"):
+            total[suffix[1:]] += float(match["value"])
+        else:
+            continue
+        seen = True
+    if not seen:
+        return None
+    return {"buckets": dict(sorted(buckets.items())), "sum": total["sum"], "count": total["count"]}
+
+
+def histogram_difference(after: Mapping[str, Any] | None, before: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What was observed between two readings of one histogram (None: unreadable)."""
+    if after is None:
+        return None
+    if before is None:
+        before = {"buckets": {}, "sum": 0.0, "count": 0.0}
+    return {"buckets": {b: c - before["buckets"].get(b, 0.0) for b, c in after["buckets"].items()},
+            "sum": after["sum"] - before["sum"], "count": after["count"] - before["count"]}
+
+
+def batch_size_summary(histograms: list[Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    """The server-side batch sizes of one window, all shards together: batches, mean,
+    p50 and max (each the upper bound of its bucket: exact for osmi-model-server),
+    and batches per bucket. None when no shard reported the histogram."""
+    present = [h for h in histograms if h is not None]
+    if not present:
+        return None
+    cumulative: dict[float, float] = {}
+    for h in present:
+        for bound, count in h["buckets"].items():
+            cumulative[bound] = cumulative.get(bound, 0.0) + count
+    batches = sum(h["count"] for h in present)
+    total = sum(h["sum"] for h in present)
+    per_bucket, previous = {}, 0.0
+    for bound, count in sorted(cumulative.items()):
+        if count - previous > 0:
+            per_bucket[_bound_text(bound)] = int(round(count - previous))
+        previous = count
+    if batches <= 0:
+        return {"batches": 0, "mean": None, "p50": None, "max": None, "per_bucket": {}}
+    p50 = next(b for b, c in sorted(cumulative.items()) if c >= batches / 2)
+    largest = max(b for b, c in sorted(cumulative.items()) if c - _below(cumulative, b) > 0)
+    return {"batches": int(round(batches)), "mean": total / batches, "p50": _number(p50),
+            "max": _number(largest), "per_bucket": per_bucket}
+
+
+def _below(cumulative: Mapping[float, float], bound: float) -> float:
+    lower = [c for b, c in cumulative.items() if b < bound]
+    return max(lower) if lower else 0.0
+
+
+def _bound_text(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else f"{bound:g}"
+
+
+def _number(bound: float) -> float | None:
+    return None if bound == float("inf") else bound
+
+
+def read_page(host: str, port: int, timeout_s: float = 5, path: str = MONITORING_PATH) -> str:
+    """The Prometheus page of a server's REST port; OSError naming the URL if unreadable."""
+    address = f"[{host}]" if ":" in host else host
+    url = f"http://{address}:{port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            return reply.read().decode("utf-8")
+    except (urllib.error.URLError, OSError) as exc:
+        raise OSError(f"cannot read {url}: {exc}") from exc
+
+
+def read_batch_sizes(host: str, port: int, timeout_s: float = 5) -> dict[str, Any] | None:
+    """A shard's processed-batch-size histogram; None when it has none or cannot be read."""
+    try:
+        return parse_histogram(read_page(host, port, timeout_s), PROCESSED_BATCH_SIZE_METRIC)
+    except (OSError, ValueError):
+        return None
 
 
 def _escape(value: str) -> str:

@@ -18,6 +18,7 @@ from osmi_ee.osmi.schema import MAX_MESSAGE_BYTES
 from osmi_ee.osmi.server_metrics import format_request_counts
 from osmi_ee.osmi.serving_checks import (Limits, check_batch, check_payload, declared_shape, fill_tensor_proto,
                                          tensor_proto_to_ndarray)
+from osmi_ee.osmi.serving_batcher import Batcher
 from osmi_ee.osmi.serving_models import DEFAULT_SIGNATURE, ModelRegistry, ServingError, StartupError
 
 log = logging.getLogger("osmi-model-server")
@@ -32,6 +33,7 @@ class RequestCounter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str], int] = {}
+        self.pages: list[Any] = []  # more metrics on the same page, e.g. the batcher's BatchSizes
 
     def record(self, model_name: str, code: grpc.StatusCode) -> None:
         key = (model_name, code.name)  # "OK", "INVALID_ARGUMENT", ...: TF-Serving's error::Code_Name
@@ -43,7 +45,7 @@ class RequestCounter:
             return dict(self._counts)
 
     def prometheus_page(self) -> str:
-        return format_request_counts(self.snapshot())
+        return format_request_counts(self.snapshot()) + "".join(page.prometheus_page() for page in self.pages)
 
 
 # --------------------------------------------------------------------------- gRPC
@@ -107,10 +109,11 @@ class PredictionServicer:
     """tensorflow.serving.PredictionService (registered by _add_service with lenient deserializers)."""
 
     def __init__(self, registry: ModelRegistry, limits: Limits = Limits(),
-                 counter: RequestCounter | None = None) -> None:
+                 counter: RequestCounter | None = None, batcher: Batcher | None = None) -> None:
         self.registry = registry
         self.limits = limits
         self.counter = counter if counter is not None else RequestCounter()
+        self.batcher = batcher  # --enable_batching: merge concurrent requests
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
         response, error = _call("Predict", lambda: self._predict(request), request)
@@ -146,7 +149,10 @@ class PredictionServicer:
                 arrays[key] = tensor_proto_to_ndarray(proto, dtype, shape)
             except (ValueError, TypeError) as exc:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key!r}: {exc}") from None
-        outputs = sig.run(arrays, list(request.output_filter))
+        if self.batcher is None:
+            outputs = sig.run(arrays, list(request.output_filter))
+        else:
+            outputs = self._run_batched(model, sig_name, sig, arrays, list(request.output_filter))
         response = predict_pb2.PredictResponse()
         response.model_spec.name = model.name
         response.model_spec.version.value = model.version
@@ -154,6 +160,21 @@ class PredictionServicer:
         for key, tensor in outputs.items():
             fill_tensor_proto(response.outputs[key], tensor)
         return response
+
+    def _run_batched(self, model: Any, sig_name: str, sig: Any, arrays: dict[str, Any],
+                     output_filter: list[str]) -> dict[str, Any]:
+        """The outputs of this request, computed in a batch with whatever else came at once."""
+        import tensorflow as tf
+
+        # Only requests that can be concatenated and give the same outputs share a batch.
+        key = (model.name, model.version, sig_name, tuple(output_filter),
+               tuple((k, a.dtype.str, a.shape[1:]) for k, a in sorted(arrays.items())))
+
+        def run(merged: dict[str, Any]) -> dict[str, Any]:
+            return {k: v.numpy() for k, v in sig.run(merged, output_filter).items()}
+
+        outputs = self.batcher.run(key, arrays, run)
+        return {k: tf.convert_to_tensor(v) for k, v in outputs.items()}
 
     @_grpc_method
     def GetModelMetadata(self, request: Any) -> Any:
@@ -210,7 +231,8 @@ def _add_service(server: grpc.Server, servicer: Any, service: Any) -> None:
 
 
 def start_grpc(registry: ModelRegistry, host: str, port: int, max_threads: int, limits: Limits = Limits(),
-               counter: RequestCounter | None = None) -> tuple[grpc.Server, int, Any]:
+               counter: RequestCounter | None = None,
+               batcher: Batcher | None = None) -> tuple[grpc.Server, int, Any]:
     """Bind and start the gRPC server; returns (server, bound port, health servicer)."""
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
@@ -221,7 +243,7 @@ def start_grpc(registry: ModelRegistry, host: str, port: int, max_threads: int, 
         options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_receive_message_length", limits.max_message_bytes),
                  ("grpc.so_reuseport", 0)])  # a port already in use must fail, not be shared
-    _add_service(server, PredictionServicer(registry, limits, counter),
+    _add_service(server, PredictionServicer(registry, limits, counter, batcher),
                  prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"])
     _add_service(server, ModelServicer(registry), model_service_pb2.DESCRIPTOR.services_by_name["ModelService"])
     health_servicer = health.HealthServicer()

@@ -66,7 +66,7 @@ def test_unknown_model_is_rejected_with_key_and_value(write_grid):
     ({"experiment": {"model": "small_lstm", "gpu": ["h100"]}}, "'h100'", "experiment.gpu"),
     ({"experiment": {"model": "small_lstm", "colour": [1]}}, "[1]", "experiment.colour"),
     ({"experiment": {"model": "small_lstm"}, "measure": {"timeout_s": -1}}, -1, "measure.timeout_s"),
-    ({"experiment": {"model": "small_lstm"}, "serve": {"server": "triton"}}, "'triton'", "serve.server"),
+    ({"experiment": {"model": "small_lstm"}, "serve": {"server": "torchserve"}}, "'torchserve'", "serve.server"),
     ({"experiment": {"model": "small_lstm"}, "job": {"time": 600}}, 600, "job.time"),
     ({"experiment": {"model": "small_lstm"}, "profile": "nowhere"}, "'nowhere'", "profile"),
     ({"experiment": {"model": "small_lstm"}, "typo": 1}, 1, "typo"),
@@ -215,7 +215,7 @@ def test_yaml_merge_keys_may_override(write_grid, tmp_path):
                     "measure:\n  <<: *m\n  requests: 7\n")
     problems = _problems(grid)
     assert problems == ["x: unknown key; known keys: name, description, profile, experiment, measure, serve, "
-                        "job (got {'requests': 5, 'timeout_s': 9})"]
+                        "job, objective, search (got {'requests': 5, 'timeout_s': 9})"]
 
 
 @pytest.mark.parametrize("section, key, bad", [
@@ -253,8 +253,10 @@ def test_servers_capped_by_gpus_per_node(write_grid):
     base = {"name": "g", "profile": profile}
     assert load_grid(write_grid({**base, "experiment": {"model": "small_lstm", "servers": [1, 4]}}))
     problems = _problems(write_grid({**base, "experiment": {"model": "small_lstm", "servers": [2, 8]}}))
-    assert problems == ["experiment.servers: more shards than GPU type 'g1' has on one node "
-                        "(gpus_per_node: 4) (got [8])"]
+    assert problems == ["job.nodes: 8 shards at 4 per node (GPU type 'g1' has 4 per node) need 2 nodes (got 1)"]
+    # More nodes hold more shards (osmi.placement).
+    assert load_grid(write_grid({**base, "experiment": {"model": "small_lstm", "servers": [2, 8]},
+                                 "job": {"nodes": 2}}))
 
 
 def test_bad_profile_does_not_add_spurious_gpu_problems(write_grid):
