@@ -265,6 +265,11 @@ def _summary_metrics(summary: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
         row["samples_per_s_ci95_low"], row["samples_per_s_ci95_high"] = finite(interval[0]), finite(interval[1])
         row["client_cpu_us_per_request"] = _client_cpu_us(summary.get("clients"), row["ok"])
     row["samples_ok"] = as_int(summary.get("samples_ok"))
+    entries = [c for c in summary.get("clients") or [] if isinstance(c, Mapping)]
+    shares = [finite(c.get("cpu_share")) for c in entries if c.get("cpu_share") is not None]
+    row["client_cpu_share_max"] = max(shares) if shares else math.nan
+    row["client_processes"] = len(entries) or None
+    row["balanced_by"] = str((summary.get("params") or {}).get("balancer") or "haproxy")
     row["window_s"] = finite(summary.get("window_s"))
     latency = summary.get("latency_ms") or {}
     for key in ("p50", "p90", "p99", "mean", "max"):

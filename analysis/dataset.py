@@ -57,6 +57,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("latency_max_ms", "float", "ms", "slowest ok measured request"),
     Column("client_cpu_us_per_request", "float", "µs CPU per request",
            "CPU time of all client processes over the measured window / ok requests (valid runs only)"),
+    Column("client_cpu_share_max", "float", "cores",
+           "the busiest client process's CPU / wall time over the window (over 0.9: INVALID, load generator "
+           "saturated)"),
+    Column("client_processes", "int", "processes", "client processes that carried the `clients` streams"),
+    Column("balanced_by", "text", "", "haproxy, or none: each client process round-robins over the shards"),
     Column("backend_count", "int", "backends", "backends HAProxy counted requests for"),
     Column("backend_share_min", "float", "fraction of requests", "smallest backend's share of the requests"),
     Column("backend_share_max", "float", "fraction of requests", "largest backend's share of the requests"),

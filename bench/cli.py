@@ -83,7 +83,8 @@ class Bench:
     def bare_servers(self, parts: set[str]) -> None:
         """The client's own costs and the balancer's, against 2 shards brought up as a job would."""
         from osmi_ee.bench.balancer import bench_lb
-        from osmi_ee.bench.overheads import bench_cpu, bench_cpu_payload, bench_startup
+        from osmi_ee.bench.overheads import (bench_cpu, bench_cpu_mux, bench_cpu_payload, bench_perf_analyzer_cpu,
+                                              bench_startup)
         from osmi_ee.osmi.fleet import Fleet, write_server_configs
 
         s, models = self.sizes, self.ensure_model()
@@ -100,6 +101,8 @@ class Bench:
         if "cpu" in parts:
             pids = list(fleet.pids().values())
             self.result.update(bench_cpu(self.clients, target, s, pids))
+            self.result.update(bench_cpu_mux(self.clients, target, s, pids))
+            self.result.update(bench_perf_analyzer_cpu(target, lambda: fleet.served(MODEL)["s0"], s))
             self.result.update(bench_cpu_payload(self.clients, target, s))
         if "lb" in parts:
             self.result.update(bench_lb(self.clients, fleet, s))

@@ -28,25 +28,27 @@ class Clients:
         self.group, self.work, self.logs = group, work, logs
 
     def prepare(self, tag: str, *, batch: int = 1, warmup: int = 5, warmup_s: float = 0.0,
-                model: str = MODEL) -> ExperimentPaths:
-        """The folder of run `tag`, with its config.yaml."""
+                model: str = MODEL, streams: int = 1) -> ExperimentPaths:
+        """The folder of run `tag`, with its config.yaml (`streams`: the experiment's `clients`)."""
         paths = ExperimentPaths(self.work / tag)
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.config.write_text(yaml.safe_dump({
-            "name": "bench", "experiment": {"model": model, "batch": batch},
+            "name": "bench", "experiment": {"model": model, "batch": batch, "clients": streams},
             "measure": {"warmup_requests": warmup, "warmup_s": warmup_s, "timeout_s": 60.0}}, sort_keys=False))
         return paths
 
     def start(self, paths: ExperimentPaths, k: int, target: str, *, duration_s: float) -> Child:
         """Client k of a barrier-released group (the caller writes the `go` file)."""
-        argv = client_argv(paths.config, target, client_id=k, duration_s=duration_s)
+        argv = client_argv(paths.config, target, client_id=k, duration_s=duration_s, streams=str(k))
         return self.group.start(f"client {paths.root.name}-{k}", argv, self.logs / f"client-{paths.root.name}-{k}.log")
 
     def run(self, target: str, tag: str, timeout_s: float = 300, *, requests: int, small_parent: bool = False,
             **settings: Any) -> tuple[dict[str, Any], ExperimentPaths]:
         """One client, started at once and waited for: (its summary, its folder)."""
         paths = self.prepare(tag, **settings)
-        argv = client_argv(paths.config, target, client_id=0, requests=requests, barrier=False)
+        streams = settings.get("streams", 1)  # > 1: multiplexed in this one process, `requests` per stream
+        argv = client_argv(paths.config, target, client_id=0, requests=requests, barrier=False,
+                           streams=f"0-{streams - 1}" if streams > 1 else "0")
         if small_parent:
             # The client's max_rss_mb is getrusage's ru_maxrss, which Linux carries over
             # fork + exec from the parent's memory (a 100 MB parent: >= 100 MB, whatever

@@ -46,7 +46,8 @@ class Sizes:
     search_max: int = 64  # the `search` part: clients 1..search_max, searched and swept on the doubling ladder
     search_duration_s: float = 3.0
     stack_rounds: int = 2  # the `stack` part: in-process and served alternate; per concurrency the median counts
-    stack_duration_s: float = 3.0
+    stack_duration_s: float = 3.0  # the shortest window; longer where stack_min_calls calls take longer
+    stack_min_calls: int = 5
     stack_concurrency: tuple[int, ...] = (1, 2, 4)  # in-process callers and closed-loop clients alike
 
 
@@ -55,7 +56,7 @@ QUICK = Sizes(client_requests=200, raw_requests=200, anchor_requests=50, warmup=
               startup_runs=1, lb_clients=2, lb_duration_s=1.0, lb_rounds=1,
               gen_axes=QUICK_GEN_AXES, synth_runs=8, synth_records=2048,
               load_clients=8, load_s=5.0, repro_duration_s=2.0, search_max=8, search_duration_s=2.0,
-              stack_rounds=1, stack_duration_s=1.0, stack_concurrency=(1, 2))
+              stack_rounds=1, stack_duration_s=1.0, stack_min_calls=3, stack_concurrency=(1, 2))
 
 PARTS = ("analyze", "generate", "startup", "cpu", "lb", "stack", "load", "repro", "calibrate", "search")
 PAYLOAD_BATCH = 64  # the second client-CPU comparison: an OSMI-sized request

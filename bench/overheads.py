@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import resource
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from osmi_ee.bench.clients import Clients
-from osmi_ee.bench.common import PAYLOAD_BATCH, Sizes, machine_cpu_s, proc_cpu_s, run_worker, say
+from osmi_ee.bench.common import MODEL, PAYLOAD_BATCH, Sizes, machine_cpu_s, proc_cpu_s, run_worker, say
 
 
 def measured(fn: Callable[[], Any], pids: list[int]) -> tuple[Any, float]:
@@ -96,6 +99,63 @@ def bench_cpu(clients: Clients, target: str, s: Sizes, server_pids: list[int]) -
         "cpu_others_cores": others,
         "client_rss_mb": max(rss),
     }
+
+
+MUX_STREAMS = 16  # one client process carrying this many streams: how a job's clients run (osmi.streams)
+
+
+def bench_cpu_mux(clients: Clients, target: str, s: Sizes, server_pids: list[int]) -> dict[str, Any]:
+    """Our client as a job runs it: MUX_STREAMS request streams multiplexed in one process
+    (futures on one channel), batch 1; CPU per checked request, least disturbed of cpu_rounds."""
+    runs, others, shares = [], [], []
+    per_stream = max(1, s.client_requests // MUX_STREAMS)
+    for r in range(s.cpu_rounds):
+        (summary, _), load = measured(lambda: clients.run(target, f"cpu-mux-{r}", requests=per_stream,
+                                                          warmup=s.warmup, small_parent=True,
+                                                          streams=MUX_STREAMS), server_pids)
+        runs.append(summary["cpu_s_measured"] / summary["sent"] * 1e6)
+        others.append(load)
+        shares.append(summary["cpu_share"])
+        say(f"cpu mux round {r + 1}/{s.cpu_rounds}: {MUX_STREAMS} streams in one process "
+            f"{runs[-1]:.0f} us/req (cpu share {shares[-1]:.2f}); other users' load {load:.2f} cores")
+    return {"client_mux_cpu_us_per_req": min(runs), "client_mux_cpu_us_per_req_runs": runs,
+            "client_mux_streams": MUX_STREAMS, "client_mux_cpu_share": shares,
+            "client_mux_others_cores": others}
+
+
+def bench_perf_analyzer_cpu(target: str, served: Callable[[], int | None], s: Sizes) -> dict[str, Any]:
+    """perf_analyzer's own CPU per request (TF-Serving's API, batch 1, MUX_STREAMS in flight), where
+    `make triton` installed it (build/triton-env); {} otherwise. Its requests are counted by the
+    shard itself (`served`), its CPU is what the child used from start to exit (start-up included,
+    so a little high)."""
+    from osmi_ee.bench.calibrate import Load, perf_analyzer_argv
+    from osmi_ee.osmi.triton_setup import TritonInstall
+
+    install = TritonInstall.default()
+    if not install.perf_analyzer.exists():
+        say("perf_analyzer is not installed (make triton): its CPU per request is not measured")
+        return {}
+    load = Load(model=MODEL, batch=1, concurrency=MUX_STREAMS, duration_s=1.5 if s.cpu_rounds == 1 else 3.0)
+    runs = []
+    for r in range(max(1, s.cpu_rounds // 2)):
+        before, cpu0 = served(), _children_cpu_s()
+        with tempfile.TemporaryDirectory(prefix="osmi-perf-cpu-") as work:
+            out = subprocess.run(perf_analyzer_argv(install.perf_analyzer, target, "tfserving", load,
+                                                    Path(work) / "perf.csv"),
+                                 capture_output=True, text=True, env=install.perf_env(), timeout=300)
+        cpu, after = _children_cpu_s() - cpu0, served()
+        if out.returncode != 0 or before is None or after is None or after <= before:
+            say(f"perf_analyzer run failed ({out.returncode}): {(out.stderr or out.stdout).strip()[-300:]}")
+            continue
+        runs.append(cpu / (after - before) * 1e6)
+        say(f"perf_analyzer round {r + 1}: {runs[-1]:.0f} us/req ({after - before} requests, concurrency "
+            f"{MUX_STREAMS})")
+    return {"perf_analyzer_cpu_us_per_req": min(runs), "perf_analyzer_cpu_us_per_req_runs": runs} if runs else {}
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bench_cpu_payload(clients: Clients, target: str, s: Sizes) -> dict[str, Any]:

@@ -31,8 +31,9 @@ MIN_WINDOW_S = 1.0  # ... and lasts at least this long (the live loop polls ever
 NOT_ENOUGH = "not enough samples"
 # A client process is one Python thread issuing and checking requests (grpcio's C
 # threads add a little): past 0.9 of one core over the window it is the bottleneck
-# and the figure measures the harness, not the server. Measured in the demo grid
-# (2 cores, 2 shards, 4 streams in one process): about 0.2-0.4.
+# and the figure measures the harness, not the server. Measured on a busy 2-core box:
+# 0.08 for the demo's busiest point (2 shards, 4 streams in one process, batch 16),
+# 0.09-0.12 for 16 streams at batch 1 against one shard (make bench, cpu part).
 CLIENT_SATURATION_SHARE = 0.9
 
 

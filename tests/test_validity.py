@@ -84,7 +84,9 @@ def test_rerun_failing_before_clients_reports_nothing_of_the_old_attempt(write_g
     assert MARKER in (old / "logs" / "server-0.log").read_text()
 
 
-def test_killed_clients_earlier_records_are_not_counted(write_grid, during_window, tmp_path, models_dir):
+def test_killed_clients_earlier_records_are_not_counted(write_grid, during_window, tmp_path, models_dir,
+                                                        monkeypatch):
+    monkeypatch.setenv("OSMI_EE_TEST_STREAMS_PER_PROCESS", "1")  # 2 streams, 2 processes: one to kill
     path, out, exp = generated(write_grid, tmp_path,
                                grid(models_dir, duration_s=6, requests=None, stability_windows=1,
                                     stability_max_windows=1, min_requests=1))
