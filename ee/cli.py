@@ -59,7 +59,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         experiments = expand(grid)
         axes = [a for a in grid.axes if len(grid.axes[a]) > 1] or list(grid.axes)
         for e in experiments:
-            print(f"{e.id}  " + " ".join(f"{a}={e.params[a]}" for a in axes))
+            # Axes that are off by default (server, batching, balancer) are left out of params.
+            print(f"{e.id}  " + " ".join(f"{a}={e.params[a]}" for a in axes if a in e.params))
         print(f"{len(experiments)} experiments would be written to {sweep.root} (dry run: nothing written)")
         return 0
     experiments = generate(grid, sweep.root)

@@ -51,6 +51,16 @@ def test_dry_run_prints_the_expansion_and_writes_nothing(write_grid, tmp_path, c
     assert lines[-1].startswith("2 experiments would be written") and not out.exists()
 
 
+def test_dry_run_of_a_single_point_grid_lists_its_values(write_grid, tmp_path, capsys):
+    # With no varying axis every axis is listed, and the axes that are off by
+    # default (server, batching, balancer) are absent from an experiment's values.
+    path = write_grid({**GRID, "experiment": {"model": ["small_lstm"], "servers": [2], "batch": [1]}})
+    assert cli.main(["generate", "--grid", str(path), "--out", str(tmp_path / "sweep"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "model=small_lstm" in lines[0] and "servers=2" in lines[0]
+    assert "server=" not in lines[0] and "batching=" not in lines[0]
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as done:
         cli.main(["--version"])
