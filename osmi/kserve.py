@@ -10,7 +10,11 @@ against the tritonclient wheel's own classes where that wheel is installed.
 
 from __future__ import annotations
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from functools import partial
+
+from google.protobuf import descriptor_pb2
+
+from osmi_ee.osmi import protos
 
 _F = descriptor_pb2.FieldDescriptorProto
 _PACKAGE = "osmi_ee.kserve"
@@ -24,16 +28,8 @@ STATISTICS_METHOD = f"{SERVICE}/ModelStatistics"
 FP32 = "FP32"  # KServe's datatype name of float32
 
 
-def _field(name: str, number: int, ftype: int, *, repeated: bool = False, type_name: str = "") -> _F:
-    field = _F(name=name, number=number, type=ftype,
-               label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
-    if type_name:
-        field.type_name = f".{_PACKAGE}.{type_name}"
-    return field
-
-
-def _message(name: str, *fields: _F) -> descriptor_pb2.DescriptorProto:
-    return descriptor_pb2.DescriptorProto(name=name, field=list(fields))
+_field = partial(protos.field, _PACKAGE)
+_message = protos.message
 
 
 def _tensor(name: str) -> descriptor_pb2.DescriptorProto:
@@ -79,12 +75,7 @@ def _build_file() -> descriptor_pb2.FileDescriptorProto:
         ])
 
 
-_POOL = descriptor_pool.DescriptorPool()
-_POOL.Add(_build_file())
-
-
-def _cls(name: str) -> type:
-    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+_cls = protos.message_classes(_build_file())
 
 
 ModelInferRequest = _cls("ModelInferRequest")

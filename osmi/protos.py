@@ -10,6 +10,9 @@ interoperability with tensorflow-serving-api's own classes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -24,16 +27,30 @@ DT_TO_NUMPY_DTYPE = {v: k for k, v in NUMPY_DTYPE_TO_DT.items()}
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 
 
-def _field(name: str, number: int, ftype: int, *, repeated: bool = False, type_name: str = "") -> _F:
-    field = _F(name=name, number=number, type=ftype,
-               label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
+# The builders below also declare the KServe v2 messages (osmi.kserve), in their own package.
+def field(package: str, name: str, number: int, ftype: int, *, repeated: bool = False,
+          type_name: str = "") -> _F:
+    """One field of a message; `type_name` names a message of the same `package`."""
+    declared = _F(name=name, number=number, type=ftype,
+                  label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
     if type_name:
-        field.type_name = f".{_PACKAGE}.{type_name}"
-    return field
+        declared.type_name = f".{package}.{type_name}"
+    return declared
 
 
-def _message(name: str, *fields: _F) -> descriptor_pb2.DescriptorProto:
+def message(name: str, *fields: _F) -> descriptor_pb2.DescriptorProto:
     return descriptor_pb2.DescriptorProto(name=name, field=list(fields))
+
+
+def message_classes(file: descriptor_pb2.FileDescriptorProto) -> Callable[[str], type]:
+    """name -> the message class of `file`, declared in a private pool of its own."""
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return lambda name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{file.package}.{name}"))
+
+
+_field = partial(field, _PACKAGE)
+_message = message
 
 
 def _map_of_tensors(owner: descriptor_pb2.DescriptorProto, field_name: str, number: int) -> None:
@@ -85,12 +102,7 @@ def _build_file() -> descriptor_pb2.FileDescriptorProto:
         message_type=[shape, tensor, int64_value, model_spec, request, response])
 
 
-_POOL = descriptor_pool.DescriptorPool()
-_POOL.Add(_build_file())
-
-
-def _cls(name: str) -> type:
-    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+_cls = message_classes(_build_file())
 
 
 TensorProto = _cls("TensorProto")

@@ -16,6 +16,7 @@ from osmi_ee.ee import cli
 from osmi_ee.ee.paths import SweepPaths
 from osmi_ee.osmi import triton_setup
 from osmi_ee.osmi.triton_setup import STUB_PY_VERSION, STUB_PYTHON, TritonInstall, TritonSetupError
+from tests.test_e2e import run_sweep
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("require_haproxy")]
 
@@ -64,13 +65,6 @@ def grid(models_dir: Path, **over) -> dict:
     for section, values in over.items():
         data[section] = {**data.get(section, {}), **values}
     return data
-
-
-def run_sweep(write_grid, tmp_path, data) -> tuple[int, SweepPaths, Path]:
-    path = write_grid(data)
-    out = tmp_path / "sweep"
-    assert cli.main(["generate", "--grid", str(path), "--out", str(out)]) == 0
-    return cli.main(["run", "--grid", str(path), "--out", str(out)]), SweepPaths(out), path
 
 
 def summaries(sweep: SweepPaths) -> dict[str, dict]:
