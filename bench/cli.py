@@ -165,7 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parts", default=",".join(PARTS), type=lambda v: [p for p in v.split(",") if p],
                         help=f"what to measure, comma-separated (default: all of {','.join(PARTS)})")
     # A worker: one comparison point in a fresh process (workers.py), one JSON line out.
-    parser.add_argument("--worker", choices=("raw", "anchor", "aggregate"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("raw", "raw_mux", "anchor", "aggregate"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--requests", type=int, default=0, help=argparse.SUPPRESS)
@@ -186,6 +186,8 @@ def run_worker_here(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.worker == "raw":
         return workers.worker_raw(args.target, args.requests, args.warmup, args.batch)
+    if args.worker == "raw_mux":
+        return workers.worker_raw_mux(args.target, args.requests, args.warmup, args.batch)
     if args.worker == "anchor":
         return workers.worker_anchor(args.target, args.requests, args.warmup, args.batch)
     return workers.worker_aggregate(args.sweep, args.workers)

@@ -47,7 +47,7 @@ class Sizes:
     search_duration_s: float = 3.0
     stack_rounds: int = 2  # the `stack` part: in-process and served alternate; per concurrency the median counts
     stack_duration_s: float = 3.0  # the shortest window; longer where stack_min_calls calls take longer
-    stack_min_calls: int = 5
+    stack_min_calls: int = 15  # a window of 5 medium_cnn calls moved the ratio by +-6% (one call more or less)
     stack_concurrency: tuple[int, ...] = (1, 2, 4)  # in-process callers and closed-loop clients alike
 
 

@@ -106,19 +106,34 @@ MUX_STREAMS = 16  # one client process carrying this many streams: how a job's c
 
 def bench_cpu_mux(clients: Clients, target: str, s: Sizes, server_pids: list[int]) -> dict[str, Any]:
     """Our client as a job runs it: MUX_STREAMS request streams multiplexed in one process
-    (futures on one channel), batch 1; CPU per checked request, least disturbed of cpu_rounds."""
-    runs, others, shares = [], [], []
+    (futures on one channel), batch 1; CPU per checked request, least disturbed of cpu_rounds.
+    Alternating with it (ABBA), the floor any grpcio futures client has here: the bare loop
+    with as many calls in flight (workers.worker_raw_mux), so the figure says how much of
+    our cost is ours and how much is the library's."""
+    runs, floor, others, shares = [], [], [], []
     per_stream = max(1, s.client_requests // MUX_STREAMS)
-    for r in range(s.cpu_rounds):
+
+    def ours(r: int) -> None:
         (summary, _), load = measured(lambda: clients.run(target, f"cpu-mux-{r}", requests=per_stream,
                                                           warmup=s.warmup, small_parent=True,
                                                           streams=MUX_STREAMS), server_pids)
         runs.append(summary["cpu_s_measured"] / summary["sent"] * 1e6)
         others.append(load)
         shares.append(summary["cpu_share"])
+
+    def bare(_r: int) -> None:
+        out = _worker("raw_mux", target, per_stream * MUX_STREAMS, s.warmup)
+        floor.append(out["cpu_s"] / out["requests"] * 1e6)
+
+    for r in range(s.cpu_rounds):
+        for fn in ((ours, bare) if r % 2 == 0 else (bare, ours)):
+            fn(r)
         say(f"cpu mux round {r + 1}/{s.cpu_rounds}: {MUX_STREAMS} streams in one process "
-            f"{runs[-1]:.0f} us/req (cpu share {shares[-1]:.2f}); other users' load {load:.2f} cores")
+            f"{runs[-1]:.0f} us/req (cpu share {shares[-1]:.2f}), bare grpcio futures loop {floor[-1]:.0f}; "
+            f"other users' load {others[-1]:.2f} cores")
     return {"client_mux_cpu_us_per_req": min(runs), "client_mux_cpu_us_per_req_runs": runs,
+            "raw_mux_cpu_us_per_req": min(floor), "raw_mux_cpu_us_per_req_runs": floor,
+            "client_mux_vs_raw_mux": min(runs) / min(floor),
             "client_mux_streams": MUX_STREAMS, "client_mux_cpu_share": shares,
             "client_mux_others_cores": others}
 

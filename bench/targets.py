@@ -72,6 +72,10 @@ def notes(r: dict[str, Any]) -> dict[str, str]:
                                      "process (futures on one channel), batch 1, least disturbed of cpu_rounds; "
                                      "held against the anchor (<= 1/3) and perf_analyzer (<= 1.5x) where "
                                      "perf_analyzer_cpu_us_per_req was measured",
+        "raw_mux_cpu_us_per_req": "the floor of any grpcio futures client here: a bare loop keeping client_mux_streams "
+                                  "calls in flight on one channel, prebuilt bytes, nothing checked or recorded, "
+                                  "alternating with client_mux (least disturbed of cpu_rounds); client_mux_vs_raw_mux "
+                                  "is the part of our cost that is ours",
         "anchor_vs_client_ratio": "client CPU per request / anchor CPU per request (target <= 1/3)",
         "generate_10k_lt_5s": "10,000 / generate_perms_per_s, the faster of 2 runs on disk (generate_s_runs); "
                               "quick mode runs a 200-experiment grid. On ext4, creating inodes soon after "
@@ -88,12 +92,15 @@ def notes(r: dict[str, Any]) -> dict[str, str]:
                      "at the same model, batch and concurrency, alternating rounds; ratios are ours / "
                      "perf_analyzer (throughput in samples/s, p50 latency); agreement = both within "
                      "calibrate_tolerance of 1",
-        "search": "osmi-ee search (clients 1..search_dense_runs, doubling then bisection) vs an exhaustive "
-                  "sweep of the same configuration on the doubling ladder search_exhaustive_loads (not every "
-                  "count: 64 real runs take tens of minutes on 2 cores); the objective (search_objective_p99_ms) "
-                  "is set between the ladder's middle loads' latencies; within one step = the search's peak "
-                  "lies from the ladder's peak up to the next ladder load (exclusive); runs are held against "
-                  "the search_dense_runs runs of a dense 1..N sweep (target: at most half)",
+        "search": "osmi-ee search (clients 1..search_dense_runs, doubling then bisection) vs the peak of a dense "
+                  "1..search_dense_runs sweep, found as a user would find it without running all 64: the "
+                  "doubling ladder search_exhaustive_loads, then every count between the ladder's peak and the "
+                  "next ladder load (search_dense_bracket), where a monotone system's dense peak must lie; "
+                  "search_dense_peak = the highest count that passed; within one step = |search_peak - "
+                  "search_dense_peak| <= 1 client (the search's resolution); search_within_ladder_step is the "
+                  "older, looser check against the ladder alone. The objective (search_objective_p99_ms) is set "
+                  "between the ladder's middle loads' latencies. Runs are held against the search_dense_runs "
+                  "runs of a dense sweep (target: at most half)",
         "stack_efficiency": "per model at stack_batch: best served throughput (osmi-client -> HAProxy -> 1 "
                             "osmi-model-server shard, stack_concurrency closed-loop clients) / best in-process "
                             "throughput of the same SavedModel loaded as the server loads it (same intra-op "

@@ -38,6 +38,52 @@ def worker_raw(target: str, requests: int, warmup: int, batch: int = 1) -> dict[
     return {"requests": requests, "cpu_s": cpu, "wall_s": wall}
 
 
+def worker_raw_mux(target: str, requests: int, warmup: int, batch: int = 1, in_flight: int = 16) -> dict[str, Any]:
+    """The floor of a multiplexed client: bare grpcio futures on one channel, `in_flight`
+    calls kept in flight (each answer sends the next from gRPC's completion thread, as
+    osmi.load does), the same prebuilt bytes; nothing checked, nothing recorded."""
+    import threading
+
+    import grpc
+
+    from osmi_ee.osmi import protos
+    from osmi_ee.osmi.client import build_requests
+
+    payloads = build_requests(MODEL, batch, seed=0)
+    channel = grpc.insecure_channel(target, options=_channel_options())
+    call = channel.unary_unary(protos.PREDICT_METHOD)
+    n = len(payloads)
+    for i in range(warmup):
+        call(payloads[i % n], timeout=60)
+    lock, finished = threading.Lock(), threading.Event()
+    state = {"sent": 0, "done": 0, "failed": 0}
+
+    def on_done(future: Any) -> None:
+        if future.code() != grpc.StatusCode.OK:
+            state["failed"] += 1
+        with lock:
+            state["done"] += 1
+            more = state["sent"] < requests
+            if more:
+                state["sent"] += 1
+            if state["done"] == requests:
+                finished.set()
+        if more:
+            call.future(payloads[state["done"] % n], timeout=60).add_done_callback(on_done)
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(min(in_flight, requests)):
+        with lock:
+            state["sent"] += 1
+        call.future(payloads[0], timeout=60).add_done_callback(on_done)
+    finished.wait(600)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    channel.close()
+    if state["failed"] or state["done"] != requests:
+        raise RuntimeError(f"raw_mux: {state}")
+    return {"requests": requests, "cpu_s": cpu, "wall_s": wall, "in_flight": in_flight}
+
+
 def worker_anchor(target: str, requests: int, warmup: int, batch: int = 1) -> dict[str, Any]:
     """The original OSMI client's way: TensorFlow builds every request."""
     t0 = time.perf_counter()

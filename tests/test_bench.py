@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 NUMBERS = ("client_cpu_us_per_req", "raw_cpu_us_per_req", "anchor_cpu_us_per_req", "client_startup_s",
            "client_rss_mb", "lb_efficiency", "backend_share_min", "generate_perms_per_s", "analyze_s_63M",
            "raw_vs_client_ratio", "anchor_vs_client_ratio", "client_requests", "raw_requests",
-           "anchor_requests", "client_mux_cpu_us_per_req")
+           "anchor_requests", "client_mux_cpu_us_per_req", "raw_mux_cpu_us_per_req", "client_mux_vs_raw_mux")
 TARGETS = ("client_le_1.3x_raw", "client_le_third_of_anchor", "client_le_third_of_anchor_at_payload",
            "client_mux_le_third_of_anchor",
            "lb_efficiency_ge_0.95", "generate_10k_lt_5s",
@@ -213,3 +213,25 @@ def test_renderer_still_reports_leftover_placeholders():
 
     with pytest.raises(TemplateError, match=r"\{undefined\.key\}"):
         Renderer("echo {job.dir} {undefined.key}\n")({"job": {"dir": "/x"}})
+
+
+# --------------------------------------------------------------------- the search part's dense check
+
+
+def test_dense_peak_is_the_highest_count_that_passed():
+    from osmi_ee.bench.search import highest_passing
+
+    # ladder 1, 2, 4, 8 with 8 failing; the bracket 5..7 run densely: 5 passed, 6 and 7 did not
+    passes = {1: True, 2: True, 4: True, 8: False, 5: True, 6: False, 7: False}
+    assert highest_passing(passes) == 5
+    assert highest_passing({**passes, 7: True}) == 7  # not monotone: the highest that passed still counts
+    assert highest_passing({1: False, 2: False}) is None
+
+
+def test_search_agrees_with_the_dense_peak_within_one_step():
+    from osmi_ee.bench.search import agrees
+
+    assert agrees(5, 5) and agrees(6, 5) and agrees(4, 5)
+    assert not agrees(7, 5) and not agrees(3, 5)
+    assert agrees(None, None)
+    assert not agrees(None, 1) and not agrees(1, None)
