@@ -17,8 +17,9 @@ def _channel_options() -> list[tuple[str, int]]:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
 
 
-def worker_raw(target: str, requests: int, warmup: int, batch: int = 1) -> dict[str, Any]:
-    """The floor: bare grpcio, one channel, the same prebuilt bytes, synchronous."""
+def _warm_channel(target: str, batch: int, warmup: int) -> tuple[Any, Any, list[bytes]]:
+    """One channel to `target`, its Predict callable (prebuilt bytes in and out) and the
+    prebuilt requests, after `warmup` synchronous calls."""
     import grpc
 
     from osmi_ee.osmi import protos
@@ -27,9 +28,15 @@ def worker_raw(target: str, requests: int, warmup: int, batch: int = 1) -> dict[
     payloads = build_requests(MODEL, batch, seed=0)
     channel = grpc.insecure_channel(target, options=_channel_options())
     call = channel.unary_unary(protos.PREDICT_METHOD)
-    n = len(payloads)
     for i in range(warmup):
-        call(payloads[i % n], timeout=60)
+        call(payloads[i % len(payloads)], timeout=60)
+    return channel, call, payloads
+
+
+def worker_raw(target: str, requests: int, warmup: int, batch: int = 1) -> dict[str, Any]:
+    """The floor: bare grpcio, one channel, the same prebuilt bytes, synchronous."""
+    channel, call, payloads = _warm_channel(target, batch, warmup)
+    n = len(payloads)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for i in range(requests):
         call(payloads[i % n], timeout=60)
@@ -46,15 +53,8 @@ def worker_raw_mux(target: str, requests: int, warmup: int, batch: int = 1, in_f
 
     import grpc
 
-    from osmi_ee.osmi import protos
-    from osmi_ee.osmi.client import build_requests
-
-    payloads = build_requests(MODEL, batch, seed=0)
-    channel = grpc.insecure_channel(target, options=_channel_options())
-    call = channel.unary_unary(protos.PREDICT_METHOD)
+    channel, call, payloads = _warm_channel(target, batch, warmup)
     n = len(payloads)
-    for i in range(warmup):
-        call(payloads[i % n], timeout=60)
     lock, finished = threading.Lock(), threading.Event()
     state = {"sent": 0, "done": 0, "failed": 0}
 
