@@ -107,7 +107,7 @@ def bench_search(models_dir: Path, work: Path, *, max_load: int = SEARCH_MAX, du
     lower, upper = (_effective_ms(by_load[n][1] or {}) for n in ladder[middle - 1:middle + 1])
     objective = round(math.sqrt(lower * upper), 3) if lower and upper else None
     passes = {n: judge_summary(summary, state, objective).passed for n, (state, summary) in by_load.items()}
-    exhaustive_peak = max((n for n in ladder if passes[n]), default=None)
+    exhaustive_peak = highest_passing(passes)  # passes: the ladder's loads
 
     # 3. the search, under that objective, from scratch
     search_dir = work / "search-search"
